@@ -1,0 +1,1 @@
+"""Thin command-line jobs: parse arguments, load config, build the session, call shardlake."""

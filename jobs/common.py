@@ -1,0 +1,46 @@
+"""Argument parsing and start-up shared by every job."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from shardlake.config import AppConfig, ConfigError, load_config
+from shardlake.lake import Lake
+from shardlake.session import build_session
+
+DEFAULT_CONF = Path(__file__).resolve().parent.parent / "conf" / "base.yaml"
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """Arguments every job takes: --conf files (repeatable) and key=value overrides."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--conf", action="append", default=None, help="YAML config file(s), later wins")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=2")
+    return p
+
+
+def load(args: argparse.Namespace) -> AppConfig:
+    """Load configuration or exit with the validation message, before Spark starts."""
+    try:
+        return load_config(args.conf or [DEFAULT_CONF], args.overrides)
+    except ConfigError as err:
+        sys.stderr.write(f"configuration error: {err}\n")
+        raise SystemExit(2) from None
+
+
+def base_dir(args: argparse.Namespace) -> Path:
+    """Relative source paths resolve against the folder holding the first config file's conf/."""
+    first = Path((args.conf or [DEFAULT_CONF])[0]).resolve()
+    return first.parent.parent if first.parent.name == "conf" else first.parent
+
+
+def start(config: AppConfig):
+    """Spark session and lake for a loaded configuration."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("py4j", "pyspark"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    spark = build_session(config.spark.master, config.spark.app_name, config.spark.settings)
+    spark.sparkContext.setLogLevel("WARN")
+    return spark, Lake.at(config.lake.root)

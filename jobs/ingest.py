@@ -1,0 +1,41 @@
+"""spark-submit / python -m entry point of the ingest stage."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from rich.console import Console
+
+from jobs import common
+from shardlake.stages.ingest import IngestError, run_ingest
+from shardlake.reporting import print_ingest
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Clean and shard the configured dataset into its Delta tables; print the accounting."""
+    p = common.parser("Ingest a dataset into clean + quarantine Delta tables.")
+    p.add_argument("--run-id", default=None, help="stable id of this run (default: ingest-<UTC time>)")
+    p.add_argument("--mode", choices=["quarantine", "fail_fast"], default="quarantine")
+    p.add_argument("--optimize", action="store_true", help="OPTIMIZE (compact) the clean table afterwards")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = p.parse_args(argv)
+    config = common.load(args)
+    run_id = args.run_id or f"ingest-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
+    console = Console(stderr=True)
+    spark, lake = common.start(config)
+    try:
+        with console.status("ingest") as status:
+            report = run_ingest(spark, lake, config.dataset, run_id, common.base_dir(args), args.mode,
+                                args.optimize, progress=lambda msg: status.update(f"ingest: {msg}"))
+    except IngestError as err:
+        console.print(f"[red]ingest failed:[/red] {err}")
+        return 1
+    if args.json:
+        print(json.dumps(report.to_dict(), default=str))
+    else:
+        print_ingest(report, Console())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

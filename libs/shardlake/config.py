@@ -1,0 +1,338 @@
+"""Typed configuration: YAML files under conf/ loaded safely, merged, overridden and validated.
+
+Every knob of a run lives here. Jobs load it once, before Spark starts, and hand plain values to
+``shardlake`` functions; a wrong key or type stops the job with a message that names the file,
+the key and what was expected.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SPARK_TYPES = ("string", "int", "bigint", "double", "float", "boolean", "date", "timestamp")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ConfigError(ValueError):
+    """Configuration that cannot be used; the message names file, key and expectation."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+class ColumnSpec(_Strict):
+    name: str
+    type: Literal[SPARK_TYPES]  # type: ignore[valid-type]
+
+    @field_validator("name")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not _IDENT.match(value):
+            raise ValueError(f"column name must be an identifier, got {value!r}")
+        return value
+
+
+class SourceSpec(_Strict):
+    format: Literal["csv", "json", "parquet"]
+    path: str = Field(description="file, folder or glob; package://PKG/rel/path for data shipped in a package")
+    compression: Literal["none", "zip", "auto"] = "auto"
+    delimiter: str = ","
+    header: bool = True
+    null_values: list[str] = Field(default_factory=lambda: ["", "NA"])
+    encoding: str = "UTF-8"
+
+
+class JoinSpec(_Strict):
+    name: str
+    source: SourceSpec
+    columns: list[ColumnSpec]
+    keys: dict[str, str] = Field(description="left column -> right column (not 'on': YAML reads it as true)")
+    select: list[str] = Field(description="right columns brought into the dataset")
+    dedupe: bool = True
+
+
+class RangeRule(_Strict):
+    min: float | None = None
+    max: float | None = None
+
+
+class RulesSpec(_Strict):
+    required: list[str] = Field(default_factory=list)
+    ranges: dict[str, RangeRule] = Field(default_factory=dict)
+    allowed: dict[str, list[str]] = Field(default_factory=dict)
+    patterns: dict[str, str] = Field(default_factory=dict)
+    finite: list[str] = Field(default_factory=list)
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, value: dict[str, str]) -> dict[str, str]:
+        for column, pattern in value.items():
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"pattern for {column!r} is not a valid regex: {err}") from err
+        return value
+
+
+class FillSpec(_Strict):
+    strategy: Literal["constant", "mean", "median"]
+    value: float | str | None = None
+
+    @model_validator(mode="after")
+    def _constant_has_value(self) -> "FillSpec":
+        if self.strategy == "constant" and self.value is None:
+            raise ValueError("strategy 'constant' needs a 'value'")
+        return self
+
+
+class SplitSpec(_Strict):
+    train: int = 80
+    validation: int = 10
+    test: int = 10
+    salt: str = "shardlake-split-v1"
+
+    @model_validator(mode="after")
+    def _sums_to_100(self) -> "SplitSpec":
+        if self.train + self.validation + self.test != 100 or min(self.train, self.validation, self.test) < 0:
+            raise ValueError("train + validation + test must be non-negative and add up to 100")
+        return self
+
+
+class FeatureSpec(_Strict):
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+    max_categories: int = Field(default=500, ge=2)
+
+
+class LabelSpec(_Strict):
+    column: str
+    kind: Literal["binary", "regression"]
+
+
+class DatasetSpec(_Strict):
+    name: str
+    source: SourceSpec
+    columns: list[ColumnSpec]
+    key: list[str] = Field(min_length=1)
+    order_by: str | None = Field(default=None, description="keeps the latest row of a key")
+    joins: list[JoinSpec] = Field(default_factory=list)
+    derived: dict[str, str] = Field(default_factory=dict, description="name -> Spark SQL expression")
+    rules: RulesSpec = Field(default_factory=RulesSpec)
+    fill: dict[str, FillSpec] = Field(default_factory=dict)
+    shards: int = Field(default=8, ge=1, le=4096)
+    skew_warn_ratio: float = Field(default=1.5, gt=1.0)
+    splits: SplitSpec = Field(default_factory=SplitSpec)
+    features: FeatureSpec
+    label: LabelSpec
+    allow_schema_evolution: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _table_name(cls, value: str) -> str:
+        if not _IDENT.match(value):
+            raise ValueError(f"dataset name must be an identifier, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _columns_exist(self) -> "DatasetSpec":
+        known = {c.name for c in self.columns} | set(self.derived)
+        for join in self.joins:
+            known |= set(join.select)
+        declared = {c.name for c in self.columns}
+        checks = {
+            "key": (self.key, declared),
+            "rules.required": (self.rules.required, known),
+            "rules.ranges": (list(self.rules.ranges), known),
+            "rules.allowed": (list(self.rules.allowed), known),
+            "rules.patterns": (list(self.rules.patterns), known),
+            "rules.finite": (self.rules.finite, known),
+            "fill": (list(self.fill), known),
+            "features.numeric": (self.features.numeric, known),
+            "features.categorical": (self.features.categorical, known),
+            "label.column": ([self.label.column], known),
+            "order_by": ([self.order_by] if self.order_by else [], known),
+        }
+        for where, (names, pool) in checks.items():
+            missing = [n for n in names if n not in pool]
+            if missing:
+                raise ValueError(f"{where} names unknown column(s) {missing}; known: {sorted(pool)}")
+        return self
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+class SparkSettings(_Strict):
+    master: str = "local[2]"
+    app_name: str = "shardlake"
+    settings: dict[str, str] = Field(default_factory=dict)
+
+
+class LakeSettings(_Strict):
+    root: str = "./lake"
+
+
+class TrainSettings(_Strict):
+    backend: Literal["horovod", "torch_distributor"] = "horovod"
+    num_proc: int = Field(default=2, ge=1)
+    epochs: int = Field(default=3, ge=1)
+    batch_size: int = Field(default=1024, ge=1)
+    learning_rate: float = Field(default=0.003, gt=0)
+    hidden: list[int] = Field(default_factory=lambda: [64, 32])
+    embedding_dim: int = Field(default=8, ge=1)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    seed: int = 42
+    shuffle_buffer: int = Field(default=10000, ge=0)
+    early_stopping_patience: int = Field(default=3, ge=1)
+    table_version: int | None = Field(default=None, description="None = latest")
+    max_rows: int | None = Field(default=None, ge=1, description="cap on training rows (demos, tests)")
+    promote_threshold: float = Field(default=0.6, description="validation metric needed for production")
+
+
+class InferSettings(_Strict):
+    batch_size: int = Field(default=8192, ge=1)
+    model_version: str | None = Field(default=None, description="None = the model trained in this config")
+    drift_tolerance: float = Field(default=0.05, ge=0)
+    logical_date: str | None = None
+
+
+class AppConfig(_Strict):
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    lake: LakeSettings = Field(default_factory=LakeSettings)
+    dataset: DatasetSpec
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    infer: InferSettings = Field(default_factory=InferSettings)
+
+    def fingerprint(self) -> str:
+        """Short stable hash of the whole configuration, recorded on model cards."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: configuration file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict, extra: dict, origin: dict, source: str, prefix: str = "") -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, origin, source, dotted + ".")
+        else:
+            out[key] = copy.deepcopy(value)
+            origin[dotted] = source
+    return out
+
+
+def _apply_override(data: dict, item: str, origin: dict) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key.path=value")
+    dotted, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {err}") from err
+    parts = dotted.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+    origin[dotted.strip()] = "command-line override"
+
+
+def _origin_of(loc: tuple, origin: dict[str, str]) -> str:
+    parts = [str(p) for p in loc]
+    for end in range(len(parts), 0, -1):
+        dotted = ".".join(parts[:end])
+        if dotted in origin:
+            return origin[dotted]
+    top = parts[0] if parts else ""
+    return origin.get(f"<{top}>", origin.get("<root>", "configuration"))
+
+
+def _format_errors(err: ValidationError, origin: dict[str, str]) -> str:
+    lines = []
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "<top>"
+        where = _origin_of(item["loc"], origin)
+        expected = item["msg"]
+        if item["type"] == "extra_forbidden":
+            expected = "unknown key (typo?); remove it or check the documented keys"
+        got = repr(item.get("input"))
+        got = got if len(got) <= 80 else got[:77] + "..."
+        lines.append(f"{where}: {key}: {expected} (got {got})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _resolve_dataset(data: dict, conf_dir: Path, origin: dict) -> None:
+    ref = data.get("dataset")
+    if not isinstance(ref, str):
+        return
+    candidate = Path(ref)
+    path = candidate if candidate.suffix in (".yaml", ".yml") else conf_dir / "datasets" / f"{ref}.yaml"
+    if not path.is_absolute() and not path.exists():
+        path = conf_dir / path
+    if not path.is_file():
+        raise ConfigError(
+            f"{origin.get('dataset', 'configuration')}: dataset: no dataset file {path} "
+            f"(expected a name under {conf_dir / 'datasets'} or a .yaml path)"
+        )
+    dataset_origin: dict[str, str] = {}
+    dataset = _merge({}, _read_yaml(path), dataset_origin, str(path))
+    data["dataset"] = dataset
+    origin["<dataset>"] = str(path)
+    for key, value in dataset_origin.items():
+        origin[f"dataset.{key}"] = value
+
+
+def load_config(paths: list[str | Path], overrides: list[str] | None = None) -> AppConfig:
+    """Load YAML files in order (later wins), resolve the dataset file, apply key=value overrides.
+
+    ``dataset: NAME`` refers to ``<conf dir>/datasets/NAME.yaml``. Overrides may reach into the
+    dataset (``dataset.shards=16``). Raises ConfigError before anything else runs.
+    """
+    if not paths:
+        raise ConfigError("no configuration file given (expected at least conf/base.yaml)")
+    origin: dict[str, str] = {}
+    data: dict[str, Any] = {}
+    for raw in paths:
+        path = Path(raw)
+        data = _merge(data, _read_yaml(path), origin, str(path))
+    origin["<root>"] = str(Path(paths[-1]))
+    conf_dir = Path(paths[0]).resolve().parent
+    dataset_overrides = [o for o in overrides or [] if o.startswith("dataset.")]
+    for item in overrides or []:
+        if item not in dataset_overrides:
+            _apply_override(data, item, origin)
+    _resolve_dataset(data, conf_dir, origin)
+    for item in dataset_overrides:
+        _apply_override(data, item, origin)
+    if "dataset" not in data:
+        raise ConfigError(f"{paths[-1]}: dataset: missing (expected a dataset name or file)")
+    try:
+        return AppConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, origin)) from None

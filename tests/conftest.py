@@ -1,0 +1,52 @@
+"""One Spark session for the whole test run: local, UI off, Delta on, few shuffle partitions."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from shardlake.session import build_session
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def spark():
+    warehouse = tempfile.mkdtemp(prefix="shardlake-warehouse-")
+    session = build_session(
+        "local[2]",
+        "shardlake-tests",
+        {
+            "spark.ui.enabled": "false",
+            "spark.sql.shuffle.partitions": "2",
+            "spark.default.parallelism": "2",
+            "spark.sql.warehouse.dir": warehouse,
+            "spark.driver.memory": "2g",
+            "spark.sql.adaptive.enabled": "false",
+        },
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+    shutil.rmtree(warehouse, ignore_errors=True)
+
+
+@pytest.fixture()
+def lake_root(tmp_path: Path) -> Path:
+    root = tmp_path / "lake"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _spark_env():
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
