@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import sys
 from pathlib import Path
@@ -19,6 +20,14 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--conf", action="append", default=None, help="YAML config file(s), later wins")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=2")
     return p
+
+
+def iso_date(text: str) -> str:
+    """argparse type: a YYYY-MM-DD date, returned as that string."""
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
 
 
 def load(args: argparse.Namespace) -> AppConfig:

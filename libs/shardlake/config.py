@@ -194,7 +194,8 @@ class TrainSettings(_Strict):
     shuffle_buffer: int = Field(default=10000, ge=0)
     early_stopping_patience: int = Field(default=3, ge=1)
     table_version: int | None = Field(default=None, description="None = latest")
-    max_rows: int | None = Field(default=None, ge=1, description="cap on training rows (demos, tests)")
+    loader_workers: int = Field(default=1, ge=1, description="Petastorm reader threads (1 keeps runs reproducible)")
+    start_timeout_s: int = Field(default=600, ge=10)
     promote_threshold: float = Field(default=0.6, description="validation metric needed for production")
 
 

@@ -23,3 +23,24 @@ def print_ingest(report, console: Console) -> None:
         table.add_row(f"  rule {rule}", str(count))
     table.add_row("rows per shard", ", ".join(f"{s}:{n}" for s, n in report.shard_counts.items()))
     console.print(table)
+
+
+def print_infer(report, console: Console) -> None:
+    """Predictions written, versions, and the reduce-stage summary per shard."""
+    console.print(f"inference {report.model_version} on {report.source_table}@v{report.source_version} "
+                  f"(logical date {report.logical_date}): scored {report.rows_scored}, inserted "
+                  f"{report.rows_inserted}, updated {report.rows_updated}, predictions table v{report.predictions_version}, "
+                  f"{report.seconds}s")
+    if not report.summary:
+        return
+    columns = [c for c in report.summary[0] if c != "scope"]
+    table = Table(title="reduce stage: summary per shard")
+    table.add_column("scope")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in report.summary:
+        table.add_row(row["scope"], *[f"{row.get(c):.4f}" if isinstance(row.get(c), float) else str(row.get(c))
+                                      for c in columns])
+    console.print(table)
+    if report.drift:
+        console.print(f"[red]DRIFT beyond tolerance:[/red] {report.drift}")

@@ -1,0 +1,35 @@
+"""spark-submit / python -m entry point of the training stage."""
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+
+from jobs import common
+from jobs.versioning import code_version
+from shardlake.stages import train
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train on the clean table (one exact version) with Horovod-on-Spark; register the model."""
+    p = common.parser("Train a model on the clean Delta table with Petastorm + Horovod-on-Spark.")
+    p.add_argument("--run-id", default=None, help="resume or name a run (default: derived from config + table version)")
+    p.add_argument("--promote", action="store_true", help="promote to production if the metric meets the threshold")
+    p.add_argument("--json", action="store_true", help="print the model card summary as JSON")
+    args = p.parse_args(argv)
+    config = common.load(args)
+    console = Console()
+    spark, lake = common.start(config)
+    try:
+        _, card = train.fit(spark, lake, config, code_version(), args.run_id, log=console.print)
+    except train.TrainingError as err:
+        console.print(f"[red]training failed:[/red] {err}")
+        return 1
+    promoted = train.promote_if_good(spark, lake, card, config.train.promote_threshold) if args.promote else False
+    result = {**train.summary(card), "promoted": promoted}
+    print(json.dumps(result, default=str) if args.json else json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""Tabular MLP with categorical embeddings; the feature transform lives inside the model.
+
+Standardisation statistics and category vocabularies are model buffers and spec fields, fitted on
+the training split of one table version, so every scorer of a saved model applies exactly the
+transform the model was trained with.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+WEIGHTS_FILE = "model.safetensors"
+SPEC_FILE = "model_spec.json"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model and encode its inputs (JSON-serialisable)."""
+
+    kind: str  # "binary" or "regression"
+    numeric: list[str]
+    categorical: list[str]
+    vocab: dict[str, list[str]]
+    mean: dict[str, float]
+    std: dict[str, float]
+    hidden: list[int] = field(default_factory=lambda: [64, 32])
+    embedding_dim: int = 8
+    dropout: float = 0.1
+    architecture: str = "mlp"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "ModelSpec":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+class TabularMLP(nn.Module):
+    """MLP over standardised numeric features and embedded categorical ones; returns one output per row.
+
+    Missing numeric values become the training mean (0 after standardisation); unknown categories
+    share index 0.
+    """
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        self.register_buffer("mean", torch.tensor([spec.mean[c] for c in spec.numeric], dtype=torch.float32))
+        self.register_buffer("std", torch.tensor([spec.std[c] or 1.0 for c in spec.numeric], dtype=torch.float32))
+        self.embeddings = nn.ModuleList(
+            nn.Embedding(len(spec.vocab[c]) + 1, spec.embedding_dim) for c in spec.categorical
+        )
+        width = len(spec.numeric) + spec.embedding_dim * len(spec.categorical)
+        layers: list[nn.Module] = []
+        for size in spec.hidden:
+            layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(spec.dropout)]
+            width = size
+        layers.append(nn.Linear(width, 1))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        scaled = torch.nan_to_num((numeric - self.mean) / self.std, nan=0.0, posinf=0.0, neginf=0.0)
+        parts = [scaled] + [emb(categorical[:, i]) for i, emb in enumerate(self.embeddings)]
+        return self.mlp(torch.cat(parts, dim=1)).squeeze(1)
+
+    def predict(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        """Probability for binary models, the value for regression."""
+        out = self.forward(numeric, categorical)
+        return torch.sigmoid(out) if self.spec.kind == "binary" else out
+
+
+def encode(frame: Mapping[str, np.ndarray] | pd.DataFrame, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Columns of a batch to (float32 numeric matrix, int64 category indices), vectorised."""
+    n = len(frame[spec.numeric[0]] if spec.numeric else frame[spec.categorical[0]])
+    numeric = np.empty((n, len(spec.numeric)), dtype=np.float32)
+    for i, column in enumerate(spec.numeric):
+        numeric[:, i] = pd.to_numeric(pd.Series(frame[column]), errors="coerce").to_numpy(dtype=np.float32,
+                                                                                          na_value=np.nan)
+    categorical = np.zeros((n, len(spec.categorical)), dtype=np.int64)
+    for i, column in enumerate(spec.categorical):
+        codes = pd.Categorical(pd.Series(frame[column], dtype="object"), categories=spec.vocab[column]).codes
+        categorical[:, i] = codes.astype(np.int64) + 1  # -1 (unknown or missing) -> 0
+    return numeric, categorical
+
+
+def build_model(spec: ModelSpec, seed: int | None = None) -> TabularMLP:
+    if seed is not None:
+        torch.manual_seed(seed)
+    return TabularMLP(spec)
+
+
+def save_model(model: TabularMLP, folder: Path) -> None:
+    """Weights as safetensors plus the spec as JSON: loading never executes pickled code."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = folder / (WEIGHTS_FILE + ".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(folder / WEIGHTS_FILE)
+    (folder / SPEC_FILE).write_text(json.dumps(model.spec.to_dict(), indent=2, sort_keys=True))
+
+
+def load_model(folder: Path, device: str | torch.device = "cpu") -> TabularMLP:
+    """Rebuild a saved model from its spec and safetensors weights, in eval mode."""
+    spec = ModelSpec.from_dict(json.loads((folder / SPEC_FILE).read_text()))
+    return model_from_bytes(spec, (folder / WEIGHTS_FILE).read_bytes(), device)
+
+
+def model_from_bytes(spec: ModelSpec, weights: bytes, device: str | torch.device = "cpu") -> TabularMLP:
+    """Rebuild a model from its spec and serialized safetensors weights (e.g. a Spark broadcast)."""
+    from safetensors.torch import load
+
+    model = TabularMLP(spec)
+    model.load_state_dict(load(weights))
+    return model.to(device).eval()
+
+
+def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def default_device(local_rank: int = 0) -> torch.device:
+    """One CUDA device per local rank when GPUs exist, else the CPU: the same code path either way."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def feature_columns(spec: ModelSpec) -> Sequence[str]:
+    return [*spec.numeric, *spec.categorical]

@@ -1,0 +1,40 @@
+"""PNG plots written next to a run, for the results a person would rather look at."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+
+def training_curve(history: Sequence[Mapping], metric: str, path: Path, title: str) -> Path:
+    """Train loss and the validation metric per epoch, side by side."""
+    epochs = [h["epoch"] + 1 for h in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(epochs, [h["train_loss"] for h in history], marker="o")
+    left.set(xlabel="epoch", ylabel="train loss", title="training loss")
+    right.plot(epochs, [h["validation"].get(metric, float("nan")) for h in history], marker="o", color="tab:green")
+    right.set(xlabel="epoch", ylabel=f"validation {metric}", title=f"validation {metric}")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def score_histogram(scores_by_label: Mapping[str, Sequence[float]], path: Path, title: str) -> Path:
+    """Distribution of predicted scores, one series per label value (or one for unlabeled data)."""
+    fig, axis = plt.subplots(figsize=(6, 4))
+    for name, scores in scores_by_label.items():
+        axis.hist(scores, bins=40, alpha=0.6, label=name, density=True)
+    axis.set(xlabel="score", ylabel="density", title=title)
+    axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,163 @@
+"""The training stage: one exact Delta version -> Petastorm -> Horovod-on-Spark -> model, card, registry.
+
+Shaped like a Spark ML estimator: ``fit`` returns a ``TabularModel`` whose ``transform`` scores a
+DataFrame.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from shardlake import delta_io, plots, registry
+from shardlake.config import AppConfig
+from shardlake.lake import Lake
+from shardlake.models.tabular import SPEC_FILE, WEIGHTS_FILE, ModelSpec
+from shardlake.scoring import TabularModel
+from shardlake.stages.ingest import feature_stats_for
+from shardlake.training.metrics import primary_metric
+from shardlake.training.worker import TrainJob, horovod_entry
+
+CARD_FILE = "card.json"
+CURVE_FILE = "training_curve.png"
+
+
+class TrainingError(RuntimeError):
+    """Training could not run or did not finish; the message says how to resume."""
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    model_version: str
+    table_path: str
+    table_version: int
+    job: TrainJob
+    spec: ModelSpec
+
+
+def model_version_for(dataset: str, table_version: int, config_hash: str) -> str:
+    """Deterministic: the same config on the same table version is the same model (and run folder)."""
+    return f"{dataset}-v{table_version}-{config_hash}"
+
+
+def plan(spark: SparkSession, lake: Lake, config: AppConfig, run_id: str | None = None,
+         fail_after_epoch: int | None = None) -> TrainPlan:
+    """Resolve the table version, its exact files per split, feature statistics and the run folder."""
+    spec_ds, train = config.dataset, config.train
+    table_path = lake.table(spec_ds.name, "clean")
+    if not delta_io.table_exists(spark, table_path):
+        raise TrainingError(f"{table_path}: no clean table; run the ingest first")
+    version = train.table_version if train.table_version is not None else delta_io.latest_version(spark, table_path)
+    stats = feature_stats_for(spark, lake, spec_ds, version)
+    spec = ModelSpec(kind=spec_ds.label.kind, numeric=list(spec_ds.features.numeric),
+                     categorical=list(spec_ds.features.categorical), vocab=stats.vocab, mean=stats.mean,
+                     std=stats.std, hidden=list(train.hidden), embedding_dim=train.embedding_dim,
+                     dropout=train.dropout)
+    files = {s: delta_io.snapshot_files(table_path, version, [("split", "=", s)])
+             for s in ("train", "validation", "test")}
+    if not files["train"]:
+        raise TrainingError(f"{table_path}@v{version}: the training split is empty")
+    model_version = run_id or model_version_for(spec_ds.name, version, config.fingerprint())
+    run_dir = lake.model_dir(spec_ds.name, model_version)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    job = TrainJob(train_files=files["train"], validation_files=files["validation"], test_files=files["test"],
+                   spec=spec.to_dict(), label=spec_ds.label.column, run_dir=str(run_dir), epochs=train.epochs,
+                   batch_size=train.batch_size, learning_rate=train.learning_rate, seed=train.seed,
+                   early_stopping_patience=train.early_stopping_patience, loader_workers=train.loader_workers,
+                   fail_after_epoch=fail_after_epoch)
+    return TrainPlan(model_version, table_path, version, job, spec)
+
+
+def _run_horovod(job: TrainJob, num_proc: int, start_timeout: int) -> list[dict]:
+    import horovod.spark
+
+    return horovod.spark.run(horovod_entry, args=(job,), num_proc=num_proc, use_gloo=True,
+                             start_timeout=start_timeout, verbose=0)
+
+
+def _run_torch_distributor(job: TrainJob, num_proc: int) -> list[dict]:
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    from shardlake.training.distributor import distributor_entry
+
+    result = TorchDistributor(num_processes=num_proc, local_mode=True, use_gpu=False).run(distributor_entry, job)
+    return [result]
+
+
+def _card(config: AppConfig, p: TrainPlan, rank0: dict, seconds: float, code_version: str) -> dict:
+    metric, _ = primary_metric(p.spec.kind)
+    best = rank0["history"][rank0["best_epoch"]] if rank0["best_epoch"] >= 0 else {"validation": {}}
+    return {
+        "model_version": p.model_version,
+        "dataset": config.dataset.name,
+        "table_path": p.table_path,
+        "table_version": p.table_version,
+        "config": config.model_dump(mode="json"),
+        "config_hash": config.fingerprint(),
+        "code_version": code_version,
+        "backend": config.train.backend,
+        "num_proc": config.train.num_proc,
+        "model_spec": p.spec.to_dict(),
+        "label": config.dataset.label.model_dump(),
+        "key": list(config.dataset.key),
+        "metric_name": metric,
+        "validation_metric": best["validation"].get(metric, float("nan")),
+        "best_epoch": rank0["best_epoch"],
+        "history": rank0["history"],
+        "test_metrics": rank0["test"],
+        "resumed_from": rank0["resumed_from"],
+        "seconds": round(seconds, 2),
+        "model_dir": p.job.run_dir,
+    }
+
+
+def fit(spark: SparkSession, lake: Lake, config: AppConfig, code_version: str = "unknown",
+        run_id: str | None = None, fail_after_epoch: int | None = None,
+        log: Callable[[str], None] = print) -> tuple[TabularModel, dict]:
+    """Train on one table version with the configured backend; write model, card, curve; register it.
+
+    Re-running with the same run id resumes from the run folder's last checkpoint.
+    """
+    started = time.monotonic()
+    p = plan(spark, lake, config, run_id, fail_after_epoch)
+    log(f"training {p.model_version} on {p.table_path}@v{p.table_version} "
+        f"({len(p.job.train_files)} train files, backend {config.train.backend}, {config.train.num_proc} processes)")
+    try:
+        if config.train.backend == "horovod":
+            results = _run_horovod(p.job, config.train.num_proc, config.train.start_timeout_s)
+        else:
+            results = _run_torch_distributor(p.job, config.train.num_proc)
+    except Exception as err:  # Horovod/Spark wrap worker errors; keep the cause readable
+        raise TrainingError(f"training run {p.model_version} failed: {' '.join(str(err).split())[:800]}; "
+                            f"checkpoints are in {p.job.run_dir}: start the same run again to resume") from err
+    rank0 = next(r for r in results if r["rank"] == 0)
+    run_dir = Path(p.job.run_dir)
+    for name in (WEIGHTS_FILE, SPEC_FILE):
+        shutil.copyfile(run_dir / "best" / name, run_dir / name)
+    card = _card(config, p, rank0, time.monotonic() - started, code_version)
+    (run_dir / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=True, default=str))
+    plots.training_curve(rank0["history"], card["metric_name"], run_dir / CURVE_FILE, p.model_version)
+    registry.register(spark, lake.registry(), card)
+    return TabularModel.load(run_dir, p.model_version), card
+
+
+def promote_if_good(spark: SparkSession, lake: Lake, card: dict, threshold: float) -> bool:
+    """Promote to production when the validation metric meets the threshold; report whether it did."""
+    _, higher = primary_metric(card["model_spec"]["kind"])
+    try:
+        registry.promote(spark, lake.registry(), card["model_version"], threshold, higher)
+    except registry.PromotionError:
+        return False
+    return True
+
+
+def summary(card: dict) -> dict:
+    """The lines a person wants after training."""
+    return {k: card[k] for k in ("model_version", "table_path", "table_version", "metric_name",
+                                 "validation_metric", "best_epoch", "test_metrics", "seconds")}
+
