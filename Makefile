@@ -1,0 +1,56 @@
+# shardlake: two commands do everything on a fresh machine (Python 3.11, Java 17, Maven):
+#   make demo   - install (once) and run the whole pipeline on the embedded default (./lake)
+#   make test   - install (once) and run the test suite
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+CACHE ?= $(HOME)/.cache/shardlake
+HOROVOD_WHEELS := $(CACHE)/wheels
+export SHARDLAKE_JARS ?= $(CACHE)/jars
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export PYSPARK_PYTHON := $(abspath $(PY))
+export PYTHONWARNINGS ?= ignore::FutureWarning,ignore::DeprecationWarning
+STAMP := $(VENV)/.installed
+INSTALL_INPUTS := constraints.txt requirements.txt requirements-dev.txt setup.py scripts/build_horovod.sh scripts/fetch_jars.sh
+
+.PHONY: install demo test test-fast clean-lake bench help
+
+help:
+	@echo "make demo   run ingest -> train -> infer on the flights data into ./lake"
+	@echo "make test   run the test suite"
+	@echo "make bench  run the benchmarks (bench/)"
+
+install: $(STAMP)
+
+# Idempotent: re-runs only when an install input changes. Horovod is built once per
+# (horovod, torch) pair and cached as a wheel; the Delta jars are cached for every session.
+$(STAMP): $(INSTALL_INPUTS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip==26.3" "setuptools==84.2.1" "wheel==0.48.0"
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip install --quiet --no-deps "petastorm==0.13.1"
+	scripts/build_horovod.sh $(PY) $(HOROVOD_WHEELS)
+	$(PY) -m pip install --quiet --no-deps $(HOROVOD_WHEELS)/horovod-0.28.1-torch-2.13.0/horovod-*.whl
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	scripts/fetch_jars.sh $(SHARDLAKE_JARS)
+	$(PY) -c "import horovod.torch as hvd, petastorm, delta, torch; assert hvd.gloo_built(), 'horovod without gloo'"
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/shardlake-pipeline --conf conf/base.yaml
+
+test: install
+	$(VENV)/bin/pytest
+
+test-fast: install
+	$(VENV)/bin/pytest -m "not slow"
+
+bench: install
+	$(PY) bench/ingest.py
+	$(PY) bench/loader.py
+	$(PY) bench/train.py
+	$(PY) bench/infer.py
+
+clean-lake:
+	rm -rf lake

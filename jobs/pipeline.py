@@ -1,0 +1,61 @@
+"""The whole chain in one process: ingest -> train (+ promote) -> infer. What `make demo` runs."""
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from jobs import common
+from jobs.versioning import code_version
+from shardlake.reporting import print_infer, print_ingest
+from shardlake.stages import train
+from shardlake.stages.infer import run_infer
+from shardlake.stages.ingest import run_ingest
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every stage on the configured dataset and print what each did and how long it took."""
+    p = common.parser("Run ingest, training and inference end to end.")
+    p.add_argument("--logical-date", type=common.iso_date, default=None, help="default: today (UTC)")
+    args = p.parse_args(argv)
+    config = common.load(args)
+    logical_date = args.logical_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
+    console = Console(width=140)
+    spark, lake = common.start(config)
+    timings: dict[str, float] = {}
+
+    started = time.monotonic()
+    with console.status("ingest") as status:
+        ingest = run_ingest(spark, lake, config.dataset, f"pipeline-{logical_date}", common.base_dir(args),
+                            progress=lambda m: status.update(f"ingest: {m}"))
+    timings["ingest"] = time.monotonic() - started
+    print_ingest(ingest, console)
+
+    started = time.monotonic()
+    _, card = train.fit(spark, lake, config, code_version(), log=console.print)
+    promoted = train.promote_if_good(spark, lake, card, config.train.promote_threshold)
+    timings["train"] = time.monotonic() - started
+    console.print(f"model {card['model_version']}: validation {card['metric_name']} {card['validation_metric']:.4f}, "
+                  f"test {card['test_metrics']}; promoted to production: {promoted}")
+    console.print(f"training curve: {card['model_dir']}/training_curve.png")
+
+    started = time.monotonic()
+    with console.status("inference") as status:
+        report = run_infer(spark, lake, config, logical_date, model_version=card["model_version"],
+                           progress=lambda m: status.update(f"inference: {m}"))
+    timings["infer"] = time.monotonic() - started
+    print_infer(report, console)
+
+    table = Table(title="pipeline seconds per stage")
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    for stage, seconds in timings.items():
+        table.add_row(stage, f"{seconds:.1f}")
+    console.print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
