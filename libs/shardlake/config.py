@@ -245,6 +245,9 @@ def _merge(base: dict, extra: dict, origin: dict, source: str, prefix: str = "")
     return out
 
 
+_FREE_FORM_MAPS = (("spark", "settings"),)
+
+
 def _apply_override(data: dict, item: str, origin: dict) -> None:
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected key.path=value")
@@ -254,6 +257,10 @@ def _apply_override(data: dict, item: str, origin: dict) -> None:
     except yaml.YAMLError as err:
         raise ConfigError(f"override {item!r}: value is not valid YAML: {err}") from err
     parts = dotted.strip().split(".")
+    for prefix in _FREE_FORM_MAPS:
+        # Keys of these mappings contain dots themselves (spark.executor.memory): keep them whole.
+        if tuple(parts[:len(prefix)]) == prefix and len(parts) > len(prefix) + 1:
+            parts = [*prefix, ".".join(parts[len(prefix):])]
     node = data
     for part in parts[:-1]:
         child = node.setdefault(part, {})
