@@ -50,3 +50,32 @@ def repo() -> Path:
 def _spark_env():
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
+
+
+class ReliabilityLog:
+    """Rows of the reliability report: what was tried, what happened, rows lost and duplicated."""
+
+    rows: list[tuple[str, str, int, int]] = []
+
+    def record(self, case: str, outcome: str, lost: int, duplicated: int) -> None:
+        self.rows.append((case, outcome, lost, duplicated))
+
+
+@pytest.fixture()
+def reliability() -> ReliabilityLog:
+    return ReliabilityLog()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the reliability table (make reliability) after the run."""
+    rows = ReliabilityLog.rows
+    if not rows:
+        return
+    width = max(len(r[0]) for r in rows)
+    out = terminalreporter
+    out.section("reliability report: faults and hostile inputs")
+    out.write_line(f"{'case':<{width}}  {'lost':>4}  {'dup':>4}  outcome")
+    for case, outcome, lost, duplicated in rows:
+        out.write_line(f"{case:<{width}}  {lost:>4}  {duplicated:>4}  {outcome}")
+    bad = [r for r in rows if r[2] or r[3]]
+    out.write_line(f"{len(rows)} cases, {len(bad)} with rows lost or duplicated")
