@@ -20,6 +20,17 @@ SPARK_TYPES = ("string", "int", "bigint", "double", "float", "boolean", "date", 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+_SECRET_KEY = re.compile(r"(secret|password|passwd|token|credential|access[._-]?key|private[._-]?key)", re.I)
+
+
+def _redact(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v, key) for v in value]
+    return "***" if _SECRET_KEY.search(key) and value not in (None, "") else value
+
+
 class ConfigError(ValueError):
     """Configuration that cannot be used; the message names file, key and expectation."""
 
@@ -195,6 +206,8 @@ class TrainSettings(_Strict):
     early_stopping_patience: int = Field(default=3, ge=1)
     table_version: int | None = Field(default=None, description="None = latest")
     loader_workers: int = Field(default=1, ge=1, description="Petastorm reader threads (1 keeps runs reproducible)")
+    loader_pool: Literal["thread", "dummy", "process"] = Field(default="thread", description="Petastorm reader pool")
+    architecture: Literal["mlp", "linear"] = Field(default="mlp", description="model in shardlake.models.tabular")
     start_timeout_s: int = Field(default=600, ge=10)
     promote_threshold: float = Field(default=0.6, description="validation metric needed for production")
 
@@ -204,6 +217,10 @@ class InferSettings(_Strict):
     model_version: str | None = Field(default=None, description="None = the model trained in this config")
     drift_tolerance: float = Field(default=0.05, ge=0)
     logical_date: str | None = None
+    incremental: bool = Field(default=False, description="score only keys this model version has not scored yet")
+    quantize: bool = Field(default=False, description="score with int8 dynamic quantisation (CPU); reports the change")
+    quantize_sample_rows: int = Field(default=20000, ge=1, description="rows the float/int8 comparison runs on")
+    plot_sample_rows: int = Field(default=100000, ge=1, description="rows sampled for the score distribution plot")
 
 
 class AppConfig(_Strict):
@@ -212,6 +229,14 @@ class AppConfig(_Strict):
     dataset: DatasetSpec
     train: TrainSettings = Field(default_factory=TrainSettings)
     infer: InferSettings = Field(default_factory=InferSettings)
+
+    def public_dump(self) -> dict:
+        """The configuration as plain data with secret-looking values masked: safe for cards and logs.
+
+        Credentials belong in the environment or an Airflow connection; if one reaches a config
+        (e.g. a spark.hadoop.fs.s3a.secret.key setting) it must not be copied into artifacts.
+        """
+        return _redact(self.model_dump(mode="json"))
 
     def fingerprint(self) -> str:
         """Short stable hash of the whole configuration, recorded on model cards."""
