@@ -14,11 +14,12 @@ export PYTHONWARNINGS ?= ignore::FutureWarning,ignore::DeprecationWarning
 STAMP := $(VENV)/.installed
 INSTALL_INPUTS := constraints.txt requirements.txt requirements-dev.txt setup.py scripts/build_horovod.sh scripts/fetch_jars.sh
 
-.PHONY: install demo test test-fast clean-lake bench help
+.PHONY: install demo test test-fast reliability clean-lake bench help
 
 help:
 	@echo "make demo   run ingest -> train -> infer on the flights data into ./lake"
 	@echo "make test   run the test suite"
+	@echo "make reliability  run the fault and hostile-input tests and print their report"
 	@echo "make bench  run the benchmarks (bench/)"
 
 install: $(STAMP)
@@ -45,6 +46,9 @@ test: install
 
 test-fast: install
 	$(VENV)/bin/pytest -m "not slow"
+
+reliability: install
+	$(VENV)/bin/pytest -m reliability
 
 bench: install
 	$(PY) bench/ingest.py
