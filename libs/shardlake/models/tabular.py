@@ -1,8 +1,9 @@
-"""Tabular MLP with categorical embeddings; the feature transform lives inside the model.
+"""Tabular models with categorical embeddings; the feature transform lives inside the model.
 
 Standardisation statistics and category vocabularies are model buffers and spec fields, fitted on
 the training split of one table version, so every scorer of a saved model applies exactly the
-transform the model was trained with.
+transform the model was trained with. The architecture is chosen by ``ModelSpec.architecture``
+("mlp", or "linear" as a baseline); the task by ``ModelSpec.kind`` ("binary" or "regression").
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from torch import nn
 
 WEIGHTS_FILE = "model.safetensors"
 SPEC_FILE = "model_spec.json"
+KINDS = ("binary", "regression")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,16 @@ class ModelSpec:
     embedding_dim: int = 8
     dropout: float = 0.1
     architecture: str = "mlp"
+    # Regression targets are learnt standardised (a unit-scale output trains well from a default
+    # init whatever the label's unit); predictions are mapped back with these.
+    target_mean: float = 0.0
+    target_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"model kind must be one of {KINDS}, got {self.kind!r}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {sorted(ARCHITECTURES)}, got {self.architecture!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,7 +60,8 @@ class TabularMLP(nn.Module):
     """MLP over standardised numeric features and embedded categorical ones; returns one output per row.
 
     Missing numeric values become the training mean (0 after standardisation); unknown categories
-    share index 0.
+    share index 0. ``forward`` gives the raw output (a logit, or a standardised value) that the
+    loss sees; ``predict`` gives the probability or the value in the label's unit.
     """
 
     def __init__(self, spec: ModelSpec):
@@ -61,21 +74,68 @@ class TabularMLP(nn.Module):
         )
         width = len(spec.numeric) + spec.embedding_dim * len(spec.categorical)
         layers: list[nn.Module] = []
-        for size in spec.hidden:
+        for size in self.hidden_sizes(spec):
             layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(spec.dropout)]
             width = size
         layers.append(nn.Linear(width, 1))
         self.mlp = nn.Sequential(*layers)
+
+    @staticmethod
+    def hidden_sizes(spec: ModelSpec) -> list[int]:
+        return list(spec.hidden)
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
         scaled = torch.nan_to_num((numeric - self.mean) / self.std, nan=0.0, posinf=0.0, neginf=0.0)
         parts = [scaled] + [emb(categorical[:, i]) for i, emb in enumerate(self.embeddings)]
         return self.mlp(torch.cat(parts, dim=1)).squeeze(1)
 
+    def loss_target(self, target: torch.Tensor) -> torch.Tensor:
+        """The label in the space ``forward`` predicts (standardised for regression)."""
+        if self.spec.kind == "binary":
+            return target
+        return (target - self.spec.target_mean) / (self.spec.target_std or 1.0)
+
     def predict(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
-        """Probability for binary models, the value for regression."""
+        """Probability for binary models, the value (in the label's unit) for regression."""
         out = self.forward(numeric, categorical)
-        return torch.sigmoid(out) if self.spec.kind == "binary" else out
+        if self.spec.kind == "binary":
+            return torch.sigmoid(out)
+        return out * (self.spec.target_std or 1.0) + self.spec.target_mean
+
+
+class TabularLinear(TabularMLP):
+    """The same inputs straight into one linear layer: a logistic/linear-regression baseline."""
+
+    @staticmethod
+    def hidden_sizes(spec: ModelSpec) -> list[int]:
+        return []
+
+
+ARCHITECTURES: dict[str, type[TabularMLP]] = {"mlp": TabularMLP, "linear": TabularLinear}
+
+
+def _numeric_values(values) -> np.ndarray:
+    """One column as float32 (missing or non-numeric -> NaN); numeric arrays skip pandas."""
+    array = values.to_numpy() if isinstance(values, pd.Series) and values.dtype.kind in "iufb" else values
+    if isinstance(array, np.ndarray) and array.dtype.kind in "iufb":
+        return array.astype(np.float32, copy=False)
+    return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float32, na_value=np.nan)
+
+
+def category_codes(values, vocab: Sequence[str]) -> np.ndarray:
+    """Index + 1 of each value in ``vocab``; 0 for unknown or missing values.
+
+    Categoricals (codes + a small dictionary, as the training loader delivers them) map only
+    their dictionary; other arrays go through one hash lookup, both far cheaper than building
+    Python strings per row.
+    """
+    index = pd.Index(list(vocab), dtype="object")
+    if isinstance(values, pd.Series) and isinstance(values.dtype, pd.CategoricalDtype):
+        values = values.array
+    if isinstance(values, pd.Categorical):
+        lookup = np.append(index.get_indexer(values.categories.astype("object")), -1)  # code -1 (missing) -> -1
+        return lookup[values.codes].astype(np.int64) + 1
+    return index.get_indexer(pd.Index(np.asarray(values, dtype="object"))).astype(np.int64) + 1
 
 
 def encode(frame: Mapping[str, np.ndarray] | pd.DataFrame, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -83,19 +143,18 @@ def encode(frame: Mapping[str, np.ndarray] | pd.DataFrame, spec: ModelSpec) -> t
     n = len(frame[spec.numeric[0]] if spec.numeric else frame[spec.categorical[0]])
     numeric = np.empty((n, len(spec.numeric)), dtype=np.float32)
     for i, column in enumerate(spec.numeric):
-        numeric[:, i] = pd.to_numeric(pd.Series(frame[column]), errors="coerce").to_numpy(dtype=np.float32,
-                                                                                          na_value=np.nan)
+        numeric[:, i] = _numeric_values(frame[column])
     categorical = np.zeros((n, len(spec.categorical)), dtype=np.int64)
     for i, column in enumerate(spec.categorical):
-        codes = pd.Categorical(pd.Series(frame[column], dtype="object"), categories=spec.vocab[column]).codes
-        categorical[:, i] = codes.astype(np.int64) + 1  # -1 (unknown or missing) -> 0
+        categorical[:, i] = category_codes(frame[column], spec.vocab[column])
     return numeric, categorical
 
 
 def build_model(spec: ModelSpec, seed: int | None = None) -> TabularMLP:
+    """The architecture the spec names, initialised from ``seed`` when given."""
     if seed is not None:
         torch.manual_seed(seed)
-    return TabularMLP(spec)
+    return ARCHITECTURES[spec.architecture](spec)
 
 
 def save_model(model: TabularMLP, folder: Path) -> None:
@@ -118,7 +177,7 @@ def model_from_bytes(spec: ModelSpec, weights: bytes, device: str | torch.device
     """Rebuild a model from its spec and serialized safetensors weights (e.g. a Spark broadcast)."""
     from safetensors.torch import load
 
-    model = TabularMLP(spec)
+    model = build_model(spec)
     model.load_state_dict(load(weights))
     return model.to(device).eval()
 
@@ -127,11 +186,16 @@ def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+def device_for(local_rank: int, cuda_devices: int) -> torch.device:
+    """Local rank -> its CUDA device (ranks share round-robin when there are more ranks than GPUs), or CPU."""
+    if cuda_devices > 0:
+        return torch.device("cuda", local_rank % cuda_devices)
+    return torch.device("cpu")
+
+
 def default_device(local_rank: int = 0) -> torch.device:
     """One CUDA device per local rank when GPUs exist, else the CPU: the same code path either way."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
+    return device_for(local_rank, torch.cuda.device_count() if torch.cuda.is_available() else 0)
 
 
 def feature_columns(spec: ModelSpec) -> Sequence[str]:

@@ -1,0 +1,114 @@
+"""Tabular models: architectures from the spec, encoding, regression scale, safetensors artifacts, device choice."""
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors import SafetensorError
+
+from shardlake.models.tabular import (SPEC_FILE, WEIGHTS_FILE, ModelSpec, TabularLinear, TabularMLP, build_model,
+                                      default_device, device_for, encode, load_model, model_from_bytes, save_model)
+
+
+def spec(**changes) -> ModelSpec:
+    base = dict(kind="binary", numeric=["x", "y"], categorical=["c"], vocab={"c": ["a", "b", "z"]},
+                mean={"x": 10.0, "y": 0.0}, std={"x": 2.0, "y": 1.0}, hidden=[8, 4], embedding_dim=3)
+    return ModelSpec(**{**base, **changes})
+
+
+def frame() -> pd.DataFrame:
+    return pd.DataFrame({"x": [10.0, None, 14.0], "y": [1, 2, 3], "c": ["b", "unknown", None]})
+
+
+def test_mlp_is_built_with_the_hidden_layers_of_the_spec():
+    model = build_model(spec(hidden=[8, 4]))
+    widths = [m.out_features for m in model.mlp if isinstance(m, torch.nn.Linear)]
+    assert (type(model), widths) == (TabularMLP, [8, 4, 1])
+
+
+def test_linear_architecture_is_one_linear_layer_over_the_same_inputs():
+    model = build_model(spec(architecture="linear"))
+    linears = [m for m in model.mlp if isinstance(m, torch.nn.Linear)]
+    assert (type(model), len(linears), linears[0].in_features) == (TabularLinear, 1, 2 + 3)
+
+
+def test_an_unknown_architecture_is_refused():
+    with pytest.raises(ValueError, match="architecture"):
+        spec(architecture="transformer")
+
+
+def test_encode_gives_vocab_index_plus_one_and_zero_for_unknown_or_missing():
+    numeric, categorical = encode(frame(), spec())
+    assert categorical[:, 0].tolist() == [2, 0, 0]
+    assert np.isnan(numeric[1, 0]) and numeric[:, 1].tolist() == [1.0, 2.0, 3.0]
+
+
+def test_encode_of_categorical_columns_matches_encode_of_strings():
+    as_strings = encode(frame(), spec())
+    as_categorical = encode({**{c: frame()[c].to_numpy() for c in ("x", "y")},
+                             "c": pd.Categorical(frame()["c"])}, spec())
+    np.testing.assert_array_equal(as_strings[1], as_categorical[1])
+
+
+def test_regression_predictions_are_in_the_label_unit():
+    model = build_model(spec(kind="regression", target_mean=5.0, target_std=20.0), seed=0).eval()
+    numeric, categorical = (torch.from_numpy(a) for a in encode(frame(), model.spec))
+    raw = model(numeric, categorical)
+    torch.testing.assert_close(model.predict(numeric, categorical), raw * 20.0 + 5.0)
+
+
+def test_regression_loss_target_is_standardised_with_the_spec_scale():
+    model = build_model(spec(kind="regression", target_mean=5.0, target_std=20.0))
+    assert model.loss_target(torch.tensor([5.0, 25.0])).tolist() == [0.0, 1.0]
+
+
+def test_a_saved_model_predicts_the_same_after_loading(tmp_path):
+    model = build_model(spec(), seed=3).eval()
+    save_model(model, tmp_path)
+    loaded = load_model(tmp_path)
+    numeric, categorical = (torch.from_numpy(a) for a in encode(frame(), model.spec))
+    torch.testing.assert_close(loaded.predict(numeric, categorical), model.predict(numeric, categorical))
+
+
+def test_saved_weights_are_safetensors_with_a_json_spec(tmp_path):
+    save_model(build_model(spec()), tmp_path)
+    header_length = int.from_bytes((tmp_path / WEIGHTS_FILE).read_bytes()[:8], "little")
+    header = (tmp_path / WEIGHTS_FILE).read_bytes()[8:8 + header_length]
+    assert header.startswith(b"{") and b'"mlp.0.weight"' in header
+    assert ModelSpec.from_dict(json.loads((tmp_path / SPEC_FILE).read_text())) == spec()
+
+
+class _Marker:
+    """Unpickling this would create a file: proof that pickled code ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_a_pickled_weights_file_is_refused_without_running_it(tmp_path):
+    save_model(build_model(spec()), tmp_path)
+    marker = tmp_path / "pickle-ran"
+    (tmp_path / WEIGHTS_FILE).write_bytes(pickle.dumps({"mlp.0.weight": _Marker(marker)}))
+    with pytest.raises(SafetensorError):
+        model_from_bytes(spec(), (tmp_path / WEIGHTS_FILE).read_bytes())
+    assert not marker.exists()
+
+
+def test_each_local_rank_gets_its_own_gpu_round_robin():
+    assert [str(device_for(rank, 2)) for rank in range(4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+
+
+def test_without_gpus_every_rank_uses_the_cpu():
+    assert {str(device_for(rank, 0)) for rank in range(3)} == {"cpu"}
+
+
+def test_default_device_matches_what_this_machine_has():
+    expected = f"cuda:{1 % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+    assert str(default_device(1)) == expected
