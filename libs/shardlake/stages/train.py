@@ -1,7 +1,8 @@
 """The training stage: one exact Delta version -> Petastorm -> Horovod-on-Spark -> model, card, registry.
 
 Shaped like a Spark ML estimator: ``fit`` returns a ``TabularModel`` whose ``transform`` scores a
-DataFrame.
+DataFrame. ``train.backend: torch_distributor`` runs the same training function through Spark's
+TorchDistributor instead of Horovod.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from shardlake import delta_io, plots, registry
 from shardlake.config import AppConfig
@@ -21,7 +23,7 @@ from shardlake.models.tabular import SPEC_FILE, WEIGHTS_FILE, ModelSpec
 from shardlake.scoring import TabularModel
 from shardlake.stages.ingest import feature_stats_for
 from shardlake.training.metrics import primary_metric
-from shardlake.training.worker import TrainJob, horovod_entry
+from shardlake.training.worker import CheckpointError, TrainJob, horovod_entry, load_checkpoint
 
 CARD_FILE = "card.json"
 CURVE_FILE = "training_curve.png"
@@ -45,8 +47,15 @@ def model_version_for(dataset: str, table_version: int, config_hash: str) -> str
     return f"{dataset}-v{table_version}-{config_hash}"
 
 
+def _target_scale(spark: SparkSession, table_path: str, version: int, label: str) -> dict[str, float]:
+    """Mean and standard deviation of a regression label on the training split (the model learns it standardised)."""
+    row = (delta_io.read_version(spark, table_path, version).where(F.col("split") == "train")
+           .agg(F.mean(label).alias("mean"), F.stddev(label).alias("std")).first())
+    return {"target_mean": float(row["mean"] or 0.0), "target_std": float(row["std"] or 1.0)}
+
+
 def plan(spark: SparkSession, lake: Lake, config: AppConfig, run_id: str | None = None,
-         fail_after_epoch: int | None = None) -> TrainPlan:
+         fail_after_epoch: int | None = None, kill_after_epoch: int | None = None) -> TrainPlan:
     """Resolve the table version, its exact files per split, feature statistics and the run folder."""
     spec_ds, train = config.dataset, config.train
     table_path = lake.table(spec_ds.name, "clean")
@@ -54,22 +63,26 @@ def plan(spark: SparkSession, lake: Lake, config: AppConfig, run_id: str | None 
         raise TrainingError(f"{table_path}: no clean table; run the ingest first")
     version = train.table_version if train.table_version is not None else delta_io.latest_version(spark, table_path)
     stats = feature_stats_for(spark, lake, spec_ds, version)
-    spec = ModelSpec(kind=spec_ds.label.kind, numeric=list(spec_ds.features.numeric),
+    label = spec_ds.label
+    scale = _target_scale(spark, table_path, version, label.column) if label.kind == "regression" else {}
+    spec = ModelSpec(kind=label.kind, numeric=list(spec_ds.features.numeric),
                      categorical=list(spec_ds.features.categorical), vocab=stats.vocab, mean=stats.mean,
                      std=stats.std, hidden=list(train.hidden), embedding_dim=train.embedding_dim,
-                     dropout=train.dropout)
+                     dropout=train.dropout, architecture=train.architecture, **scale)
     files = {s: delta_io.snapshot_files(table_path, version, [("split", "=", s)])
              for s in ("train", "validation", "test")}
-    if not files["train"]:
-        raise TrainingError(f"{table_path}@v{version}: the training split is empty")
+    for split in ("train", "validation"):
+        if not files[split]:
+            raise TrainingError(f"{table_path}@v{version}: the {split} split is empty")
     model_version = run_id or model_version_for(spec_ds.name, version, config.fingerprint())
     run_dir = lake.model_dir(spec_ds.name, model_version)
     run_dir.mkdir(parents=True, exist_ok=True)
     job = TrainJob(train_files=files["train"], validation_files=files["validation"], test_files=files["test"],
-                   spec=spec.to_dict(), label=spec_ds.label.column, run_dir=str(run_dir), epochs=train.epochs,
+                   spec=spec.to_dict(), label=label.column, run_dir=str(run_dir), epochs=train.epochs,
                    batch_size=train.batch_size, learning_rate=train.learning_rate, seed=train.seed,
                    early_stopping_patience=train.early_stopping_patience, loader_workers=train.loader_workers,
-                   fail_after_epoch=fail_after_epoch)
+                   loader_pool=train.loader_pool, shuffle_buffer=train.shuffle_buffer,
+                   fail_after_epoch=fail_after_epoch, kill_after_epoch=kill_after_epoch)
     return TrainPlan(model_version, table_path, version, job, spec)
 
 
@@ -81,6 +94,7 @@ def _run_horovod(job: TrainJob, num_proc: int, start_timeout: int) -> list[dict]
 
 
 def _run_torch_distributor(job: TrainJob, num_proc: int) -> list[dict]:
+    """torchrun on the driver (local_mode). use_gpu=False leaves GPU choice to the ranks (by local rank)."""
     from pyspark.ml.torch.distributor import TorchDistributor
 
     from shardlake.training.distributor import distributor_entry
@@ -97,17 +111,22 @@ def _card(config: AppConfig, p: TrainPlan, rank0: dict, seconds: float, code_ver
         "dataset": config.dataset.name,
         "table_path": p.table_path,
         "table_version": p.table_version,
-        "config": config.model_dump(mode="json"),
+        "train_files": len(p.job.train_files),
+        "config": config.public_dump(),  # secret-looking values masked
         "config_hash": config.fingerprint(),
         "code_version": code_version,
         "backend": config.train.backend,
         "num_proc": config.train.num_proc,
         "model_spec": p.spec.to_dict(),
+        # What inference must apply, spelled out (also inside model_spec and the model's buffers).
+        "feature_stats": {"mean": p.spec.mean, "std": p.spec.std, "vocab": p.spec.vocab,
+                          "target_mean": p.spec.target_mean, "target_std": p.spec.target_std},
         "label": config.dataset.label.model_dump(),
         "key": list(config.dataset.key),
         "metric_name": metric,
         "validation_metric": best["validation"].get(metric, float("nan")),
         "best_epoch": rank0["best_epoch"],
+        "epochs_run": len(rank0["history"]),
         "history": rank0["history"],
         "test_metrics": rank0["test"],
         "resumed_from": rank0["resumed_from"],
@@ -116,17 +135,29 @@ def _card(config: AppConfig, p: TrainPlan, rank0: dict, seconds: float, code_ver
     }
 
 
+def _check_resumable(p: TrainPlan, log: Callable[[str], None]) -> None:
+    """Fail before any worker starts if the run folder holds a checkpoint this job may not resume."""
+    try:
+        checkpoint = load_checkpoint(Path(p.job.run_dir), p.job.fingerprint())
+    except CheckpointError as err:
+        raise TrainingError(str(err)) from err
+    if checkpoint is not None:
+        log(f"{p.model_version}: resuming after epoch {int(checkpoint['epoch']) + 1} of {p.job.epochs}")
+
+
 def fit(spark: SparkSession, lake: Lake, config: AppConfig, code_version: str = "unknown",
         run_id: str | None = None, fail_after_epoch: int | None = None,
-        log: Callable[[str], None] = print) -> tuple[TabularModel, dict]:
+        log: Callable[[str], None] = print, kill_after_epoch: int | None = None) -> tuple[TabularModel, dict]:
     """Train on one table version with the configured backend; write model, card, curve; register it.
 
     Re-running with the same run id resumes from the run folder's last checkpoint.
+    ``fail_after_epoch``/``kill_after_epoch`` inject a failure (tests of recovery).
     """
     started = time.monotonic()
-    p = plan(spark, lake, config, run_id, fail_after_epoch)
+    p = plan(spark, lake, config, run_id, fail_after_epoch, kill_after_epoch)
     log(f"training {p.model_version} on {p.table_path}@v{p.table_version} "
         f"({len(p.job.train_files)} train files, backend {config.train.backend}, {config.train.num_proc} processes)")
+    _check_resumable(p, log)
     try:
         if config.train.backend == "horovod":
             results = _run_horovod(p.job, config.train.num_proc, config.train.start_timeout_s)

@@ -1,12 +1,31 @@
 """Petastorm input: one Delta snapshot's files, this rank's share, shuffled into tensor-ready batches."""
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
-import pandas as pd
 
 from shardlake.models.tabular import ModelSpec, encode
+
+Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # numeric float32, categorical int64, label float32
+POOLS = ("thread", "dummy", "process")
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How Petastorm reads: reader pool, its workers, and the shuffle window (rows)."""
+
+    pool: str = "thread"
+    workers: int = 1
+    shuffle_buffer: int = 20000
+    results_queue_size: int = 8  # row groups read ahead; each holds a whole row group in memory
+    prefetch: int = 64  # batches prepared ahead by a background thread (0: prepare them inline)
+
+    def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise ValueError(f"reader pool must be one of {POOLS}, got {self.pool!r}")
 
 
 def file_urls(paths: Sequence[str]) -> list[str]:
@@ -14,11 +33,35 @@ def file_urls(paths: Sequence[str]) -> list[str]:
     return [p if "://" in p else f"file://{p}" for p in paths]
 
 
+@lru_cache(maxsize=256)
+def _row_groups(url: str) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(url.removeprefix("file://")).metadata.num_row_groups
+
+
+def row_group_count(urls: Sequence[str]) -> int:
+    """Row groups in ``urls`` (footers only): Petastorm shards by row group, not by file."""
+    return sum(_row_groups(u) for u in urls)
+
+
+def shard_for(urls: Sequence[str], rank: int, size: int) -> tuple[list[str], int, int]:
+    """(files, cur_shard, shard_count) this rank reads.
+
+    Petastorm needs at least one row group per shard; a table with fewer row groups than ranks
+    is read by rank 0 alone (the others take part in every step with empty batches).
+    """
+    if size > 1 and row_group_count(urls) < size:
+        return (list(urls) if rank == 0 else []), 0, 1
+    return list(urls), rank, size
+
+
 def _chunks(urls: Sequence[str], columns: Sequence[str], rank: int, size: int, seed: int,
-            workers: int) -> Iterator[pd.DataFrame]:
+            options: LoaderOptions, shuffle: bool) -> Iterator[dict]:
+    """Row groups of this shard as dicts of columns, in a seeded order."""
     from petastorm import make_batch_reader
 
-    from shardlake.training.petastorm_fix import install
+    from shardlake.training.petastorm_fix import columnar_results, install
 
     install()
     with make_batch_reader(
@@ -27,13 +70,106 @@ def _chunks(urls: Sequence[str], columns: Sequence[str], rank: int, size: int, s
         cur_shard=rank if size > 1 else None,
         shard_count=size if size > 1 else None,
         num_epochs=1,  # petastorm's default (None) never ends
-        shuffle_row_groups=True,
-        seed=seed,
-        reader_pool_type="thread",
-        workers_count=workers,
+        shuffle_row_groups=shuffle,
+        seed=seed + 1,  # petastorm treats seed 0 as "unseeded" (a random order)
+        reader_pool_type=options.pool,
+        workers_count=options.workers,
+        results_queue_size=options.results_queue_size,
     ) as reader:
-        for chunk in reader:
-            yield pd.DataFrame(chunk._asdict())
+        yield from columnar_results(reader)
+
+
+def _concat(parts: list[Batch]) -> Batch:
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(np.concatenate(arrays) for arrays in zip(*parts))  # type: ignore[return-value]
+
+
+def _emit(data: Batch, rows: int, rng: np.random.Generator | None, batch_size: int,
+          keep_rest: bool) -> tuple[list[Batch], Batch | None]:
+    """Permute ``data`` once, cut it into batches (views); the incomplete tail is kept or emitted."""
+    if rng is not None:
+        order = rng.permutation(rows)
+        data = tuple(np.take(a, order, axis=0) for a in data)  # type: ignore[assignment]  # take: ~3x faster than a[order]
+    full = rows - rows % batch_size if keep_rest else rows
+    out = [tuple(a[s:s + batch_size] for a in data) for s in range(0, full, batch_size)]
+    rest = tuple(a[full:] for a in data) if keep_rest and full < rows else None
+    return out, rest  # type: ignore[return-value]
+
+
+def shuffled_batches(chunks: Iterable[Batch], batch_size: int, shuffle_buffer: int, rng: np.random.Generator | None,
+                     ) -> Iterator[Batch]:
+    """Regroup chunks into batches of ``batch_size``, every row exactly once.
+
+    Rows are collected until at least ``shuffle_buffer`` rows (and one batch) are held, permuted,
+    and emitted as full batches; the rest (under one batch) waits for the next chunk, and the
+    last partial batch ends the stream. Without ``rng`` the order is kept.
+    """
+    held: list[Batch] = []
+    rows = 0
+    window = max(shuffle_buffer, batch_size) if rng is not None else batch_size
+    for chunk in chunks:
+        held.append(chunk)
+        rows += len(chunk[2])
+        if rows < window:
+            continue
+        out, rest = _emit(_concat(held), rows, rng, batch_size, keep_rest=True)
+        yield from out
+        held, rows = ([rest], len(rest[2])) if rest is not None else ([], 0)
+    if rows:
+        yield from _emit(_concat(held), rows, rng, batch_size, keep_rest=False)[0]
+
+
+class _Prefetch:
+    """Run an iterator in a daemon thread, ``depth`` items ahead: decoding and shuffling overlap the
+    consumer's work (the training step), and its exceptions reach the consumer."""
+
+    _END = object()
+
+    def __init__(self, source: Iterator, depth: int):
+        import queue
+        import threading
+
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(source,), daemon=True, name="batch-prefetch")
+        self._thread.start()
+
+    def _fill(self, source: Iterator) -> None:
+        import queue
+
+        item: object = self._END
+        try:
+            for item in source:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            item = self._END
+        except BaseException as err:  # noqa: BLE001  (handed to the consumer, raised there)
+            item = err
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()  # ends the Petastorm reader (its context manager) in this thread
+        self._queue.put(item)
+
+    def __iter__(self) -> Iterator:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is self._END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self._stop.set()
+            self._thread.join(timeout=30)
 
 
 def batches(
@@ -45,28 +181,21 @@ def batches(
     size: int = 1,
     seed: int = 0,
     shuffle: bool = True,
-    workers: int = 1,
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    options: LoaderOptions = LoaderOptions(),
+) -> Iterator[Batch]:
     """(numeric, categorical, label) numpy batches of this rank's share of ``urls``, each row once.
 
-    Row groups are dealt to ranks by Petastorm (cur_shard/shard_count); rows are shuffled within
-    each row group and across the remainder carried between them. One worker keeps the order, and
-    so the run, reproducible for a seed.
+    Row groups are dealt to ranks by Petastorm (cur_shard/shard_count) and read in a seeded order;
+    rows are shuffled within a window of ``options.shuffle_buffer`` rows. The same seed gives the
+    same batches (the thread pool hands results back in ventilation order).
     """
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, rank]) if shuffle else None
     columns = [*spec.numeric, *spec.categorical, label]
-    carry: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-    for frame in _chunks(urls, columns, rank, size, seed, workers):
-        numeric, categorical = encode(frame, spec)
-        target = frame[label].to_numpy(dtype=np.float32)
-        if carry is not None:
-            numeric, categorical, target = (np.concatenate([a, b]) for a, b in zip(carry, (numeric, categorical, target)))
-        order = rng.permutation(len(target)) if shuffle else np.arange(len(target))
-        full = len(order) - len(order) % batch_size
-        for start in range(0, full, batch_size):
-            idx = order[start:start + batch_size]
-            yield numeric[idx], categorical[idx], target[idx]
-        rest = order[full:]
-        carry = (numeric[rest], categorical[rest], target[rest])
-    if carry is not None and len(carry[2]):
-        yield carry
+
+    def encoded() -> Iterator[Batch]:
+        for frame in _chunks(urls, columns, rank, size, seed, options, shuffle):
+            numeric, categorical = encode(frame, spec)
+            yield numeric, categorical, np.asarray(frame[label], dtype=np.float32)
+
+    stream = shuffled_batches(encoded(), batch_size, options.shuffle_buffer, rng)
+    yield from (_Prefetch(stream, options.prefetch) if options.prefetch > 0 else stream)

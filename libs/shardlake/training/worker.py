@@ -1,26 +1,37 @@
-"""The training function every Horovod rank runs: synchronous data-parallel SGD with checkpoints.
+"""The training function every rank runs: synchronous data-parallel SGD with checkpoints.
 
-It receives plain values only (file lists, model spec, hyper-parameters, run folder), so the same
-function runs under ``horovod.spark.run`` and, through ``run_with_torch_distributor``, under Spark's
-TorchDistributor.
+It receives plain values only (file lists, model spec, hyper-parameters, run folder) and talks to
+the other ranks through a ``Comm``, so the same function runs single-process, under
+``horovod.spark.run`` (``HorovodComm``) and under Spark's TorchDistributor
+(``shardlake.training.distributor.TorchComm``).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from shardlake.models.tabular import ModelSpec, build_model, default_device, save_model
-from shardlake.training.data import batches
+from shardlake.models.tabular import WEIGHTS_FILE, ModelSpec, build_model, default_device, load_model, save_model
+from shardlake.training.data import LoaderOptions, batches, shard_for
 from shardlake.training.metrics import metrics_for, primary_metric
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
+BEST_DIR = "best"
+LOCKSTEP_BLOCK = 32  # batches agreed on per collective (see _lockstep)
+EVAL_BATCH = 8192
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that may not be resumed: another job's, or one holding more than tensors and plain values."""
 
 
 @dataclass(frozen=True)
@@ -39,27 +50,71 @@ class TrainJob:
     seed: int
     early_stopping_patience: int
     loader_workers: int = 1
-    fail_after_epoch: int | None = None  # fault injection for recovery tests
+    loader_pool: str = "thread"
+    shuffle_buffer: int = 20000
+    # Fault injection for recovery tests; neither fires in a resumed run.
+    fail_after_epoch: int | None = None  # every rank raises after this epoch's checkpoint
+    kill_after_epoch: int | None = None  # rank ``kill_rank`` SIGKILLs itself after this epoch's checkpoint
+    kill_rank: int = 1
+
+    @property
+    def loader(self) -> LoaderOptions:
+        return LoaderOptions(pool=self.loader_pool, workers=self.loader_workers, shuffle_buffer=self.shuffle_buffer)
+
+    def fingerprint(self) -> str:
+        """What a checkpoint must match to be resumed: everything but the run folder and fault injection."""
+        fields = {k: v for k, v in asdict(self).items()
+                  if k not in ("run_dir", "fail_after_epoch", "kill_after_epoch", "kill_rank")}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass
 class Comm:
-    """The collective operations training needs; Horovod's, or single-process ones."""
+    """The collectives training needs; this base is the single-process case (identity)."""
 
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+
+    def allreduce_sum(self, value: np.ndarray) -> np.ndarray:
+        return value
+
+    def allgather(self, value: np.ndarray) -> np.ndarray:
+        """Concatenate every rank's array along axis 0 (lengths may differ), in rank order."""
+        return value
+
+    def distribute(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
+        """(module to train through, optimizer) that average gradients over ranks."""
+        return model, optimizer
+
+    def broadcast_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Make every rank start from rank 0's parameters and optimizer state."""
+
+    def barrier(self) -> None:
+        pass
+
+
+@dataclass
+class HorovodComm(Comm):
+    """Horovod's collectives (Gloo on CPU, NCCL when built for GPUs)."""
+
     hvd: object | None = None
 
     def allreduce_sum(self, value: np.ndarray) -> np.ndarray:
-        if self.hvd is None:
-            return value
         return self.hvd.allreduce(torch.as_tensor(value), op=self.hvd.Sum).numpy()
 
     def allgather(self, value: np.ndarray) -> np.ndarray:
-        if self.hvd is None:
-            return value
         return self.hvd.allgather(torch.as_tensor(value)).numpy()
+
+    def distribute(self, model, optimizer):
+        return model, self.hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
+
+    def broadcast_state(self, model, optimizer) -> None:
+        self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+
+    def barrier(self) -> None:
+        self.hvd.barrier()
 
 
 @dataclass
@@ -69,6 +124,8 @@ class EpochLog:
     validation: dict[str, float]
     samples_per_second: float
     seconds: float
+    rows: int = 0
+    samples_per_second_per_worker: float = 0.0
 
 
 @dataclass
@@ -83,22 +140,52 @@ def _loss_fn(kind: str):
     return torch.nn.BCEWithLogitsLoss(reduction="none") if kind == "binary" else torch.nn.MSELoss(reduction="none")
 
 
-def _shard(urls: list[str], comm: Comm) -> tuple[list[str], int, int]:
-    # Petastorm needs at least one row group per shard; tiny tables go to rank 0 alone.
-    if len(urls) >= comm.size:
-        return urls, comm.rank, comm.size
-    return (urls if comm.rank == 0 else []), 0, 1
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seed of one epoch on one rank: a resumed run replays exactly what an uninterrupted one does."""
+    return (seed * 1_000_003 + epoch * 1_009 + rank) % (2**31 - 1)
+
+
+def should_stop(best_epoch: int, epoch: int, patience: int) -> bool:
+    """Early stopping: ``patience`` epochs have passed without the validation metric improving."""
+    return best_epoch >= 0 and epoch - best_epoch > patience
+
+
+def improved(value: float, best: float | None, higher_is_better: bool) -> bool:
+    if best is None:
+        return True
+    return value > best if higher_is_better else value < best
+
+
+def _lockstep(stream, comm: Comm, block: int = LOCKSTEP_BLOCK):
+    """This rank's batches, padded with ``None`` so every rank makes the same number of steps.
+
+    Each optimizer step is a collective, so a rank that ran dry must keep stepping (with an
+    empty batch) until the last rank is done. Ranks agree on the step count one block of
+    batches at a time: one small collective per ``block`` steps instead of one per step.
+    """
+    while True:
+        held = list(islice(stream, block))
+        steps = int(comm.allgather(np.array([len(held)], dtype=np.int64)).max())
+        if steps == 0:
+            return
+        yield from held
+        yield from (None for _ in range(steps - len(held)))
+
+
+def _to(device, *arrays):
+    return [torch.from_numpy(a).to(device, non_blocking=True) for a in arrays]
 
 
 def _evaluate(model, urls, spec: ModelSpec, label: str, job: TrainJob, comm: Comm, device) -> dict[str, float]:
-    files, rank, size = _shard(urls, comm)
+    """Metrics over all of ``urls``: every rank scores its share, outputs are gathered (exact, not averaged)."""
+    files, rank, size = shard_for(urls, comm.rank, comm.size)
     outputs, labels = [np.zeros(0, np.float32)], [np.zeros(0, np.float32)]
     model.eval()
     with torch.no_grad():
         if files:
-            for numeric, categorical, target in batches(files, spec, label, 8192, rank, size, shuffle=False,
-                                                        workers=job.loader_workers):
-                out = model.predict(torch.from_numpy(numeric).to(device), torch.from_numpy(categorical).to(device))
+            for numeric, categorical, target in batches(files, spec, label, EVAL_BATCH, rank, size, shuffle=False,
+                                                        options=job.loader):
+                out = model.predict(*_to(device, numeric, categorical))
                 outputs.append(out.float().cpu().numpy())
                 labels.append(target)
     all_out = comm.allgather(np.concatenate(outputs))
@@ -106,7 +193,9 @@ def _evaluate(model, urls, spec: ModelSpec, label: str, job: TrainJob, comm: Com
     return metrics_for(spec.kind, all_labels, all_out)
 
 
-def _save_checkpoint(run_dir: Path, model, optimizer, epoch: int, history: list[dict], best: dict) -> None:
+def save_checkpoint(run_dir: Path, model, optimizer, epoch: int, history: list[dict], best: dict,
+                    job_fingerprint: str) -> None:
+    """Tensors and plain values only (loadable with weights_only=True), written atomically."""
     state = {
         "epoch": epoch,
         "model": model.state_dict(),
@@ -114,65 +203,95 @@ def _save_checkpoint(run_dir: Path, model, optimizer, epoch: int, history: list[
         "torch_rng": torch.get_rng_state(),
         "history": json.dumps(history),
         "best": json.dumps(best),
+        "job": job_fingerprint,
     }
     tmp = run_dir / (CHECKPOINT + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, run_dir / CHECKPOINT)  # atomic: a crash never leaves a torn checkpoint
 
 
-def _load_checkpoint(run_dir: Path) -> dict | None:
+def load_checkpoint(run_dir: Path, job_fingerprint: str | None = None) -> dict | None:
+    """The run folder's checkpoint, or None. Never unpickles objects (weights_only=True)."""
     path = run_dir / CHECKPOINT
-    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError (or RuntimeError) for anything but tensors and plain values
+        raise CheckpointError(f"{path}: refused to load: it holds more than tensors and plain values "
+                              f"({' '.join(str(err).split())[:300]})") from err
+    if job_fingerprint is not None and state.get("job") != job_fingerprint:
+        raise CheckpointError(f"{path} belongs to another job (config, table version or files changed); "
+                              f"start a new run id or remove the run folder")
+    return state
 
 
-def _train_epoch(model, optimizer, loss_fn, job: TrainJob, spec: ModelSpec, comm: Comm, epoch: int, device):
-    """One pass over this rank's share; ranks step together until every rank's data is used up."""
-    model.train()
-    files, rank, size = _shard(job.train_files, comm)
-    stream = iter(batches(files, spec, job.label, job.batch_size, rank, size,
-                          seed=job.seed * 1000 + epoch, workers=job.loader_workers)) if files else iter(())
-    total_loss, total_rows = 0.0, 0
-    while True:
-        batch = next(stream, None)
-        # Every rank must make the same number of optimizer steps (each is an allreduce).
-        active = comm.allreduce_sum(np.array([0 if batch is None else 1], dtype=np.int64))[0]
-        if active == 0:
-            break
-        if batch is None:
-            numeric = torch.zeros((1, len(spec.numeric)), dtype=torch.float32)
-            categorical = torch.zeros((1, len(spec.categorical)), dtype=torch.int64)
-            target, weight = torch.zeros(1), 0.0
+def _train_epoch(train_model, optimizer, loss_fn, job: TrainJob, spec: ModelSpec, comm: Comm, epoch: int, device):
+    """One pass over this rank's share; returns the mean loss and the rows over all ranks."""
+    train_model.train()
+    files, rank, size = shard_for(job.train_files, comm.rank, comm.size)
+    stream = iter(batches(files, spec, job.label, job.batch_size, rank, size, seed=epoch_seed(job.seed, epoch),
+                          options=job.loader)) if files else iter(())
+    target_of = train_model.module.loss_target if hasattr(train_model, "module") else train_model.loss_target
+    # Summed on the device: reading the loss every step would synchronise a GPU every step.
+    total_loss, total_rows = torch.zeros((), dtype=torch.float64, device=device), 0
+    for batch in _lockstep(stream, comm):
+        if batch is None:  # this rank ran dry: take part in the step with a zero-weight row
+            numeric = torch.zeros((1, len(spec.numeric)), dtype=torch.float32, device=device)
+            categorical = torch.zeros((1, len(spec.categorical)), dtype=torch.int64, device=device)
+            target, weight = torch.zeros(1, device=device), 0.0
         else:
-            numeric, categorical, target = (torch.from_numpy(a) for a in batch)
+            numeric, categorical, target = _to(device, *batch)
             weight = 1.0
-        optimizer.zero_grad()
-        out = model(numeric.to(device), categorical.to(device))
-        loss = loss_fn(out, target.to(device)).mean() * weight
+        optimizer.zero_grad()  # Horovod's wrapper takes no set_to_none (None is torch's default)
+        out = train_model(numeric, categorical)
+        loss = loss_fn(out, target_of(target)).mean() * weight
         loss.backward()
         optimizer.step()
         if batch is not None:
-            total_loss += float(loss.detach()) * len(target)
-            total_rows += len(target)
-    sums = comm.allreduce_sum(np.array([total_loss, total_rows], dtype=np.float64))
+            total_loss += loss.detach().double() * len(batch[2])
+            total_rows += len(batch[2])
+    sums = comm.allreduce_sum(np.array([float(total_loss), total_rows], dtype=np.float64))
     return float(sums[0] / max(sums[1], 1)), int(sums[1])
 
 
+def _inject_faults(job: TrainJob, comm: Comm, epoch: int, resumed: bool) -> None:
+    if resumed or epoch not in (job.fail_after_epoch, job.kill_after_epoch):
+        return
+    comm.barrier()  # rank 0 has written this epoch's checkpoint before anything dies
+    if job.kill_after_epoch == epoch and comm.rank == job.kill_rank:
+        os.kill(os.getpid(), signal.SIGKILL)  # a real crash: no exception handling, no cleanup
+    if job.fail_after_epoch == epoch:
+        raise RuntimeError(f"injected failure after epoch {epoch} (fault-injection test)")
+
+
+def _write_history(run_dir: Path, history: list[dict]) -> None:
+    tmp = run_dir / (HISTORY + ".tmp")
+    tmp.write_text(json.dumps(history, indent=1))
+    os.replace(tmp, run_dir / HISTORY)
+
+
 def run_training(job: TrainJob, comm: Comm, log=print) -> TrainResult:
-    """Train for ``job.epochs`` (resuming from the run folder's checkpoint), keep the best model."""
+    """Train for ``job.epochs`` (resuming from the run folder's checkpoint), keep the best model.
+
+    Rank 0 writes the best model, a checkpoint and the history after every epoch and logs loss,
+    validation metric and throughput.
+    """
     spec = ModelSpec.from_dict(job.spec)
     run_dir = Path(job.run_dir)
     device = default_device(comm.local_rank)
-    torch.manual_seed(job.seed)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     model = build_model(spec, seed=job.seed).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=job.learning_rate * comm.size)
-    if comm.hvd is not None:
-        optimizer = comm.hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
+    optimizer = torch.optim.Adam(model.parameters(), lr=job.learning_rate * comm.size)  # LR scaled with ranks
+    train_model, optimizer = comm.distribute(model, optimizer)
     result = TrainResult()
     history: list[dict] = []
     metric, higher_is_better = primary_metric(spec.kind)
-    best = {"epoch": -1, "value": None}
+    best: dict = {"epoch": -1, "value": None}
     start_epoch = 0
-    checkpoint = _load_checkpoint(run_dir)
+    fingerprint = job.fingerprint()
+    checkpoint = load_checkpoint(run_dir, fingerprint)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -182,62 +301,74 @@ def run_training(job: TrainJob, comm: Comm, log=print) -> TrainResult:
         start_epoch = int(checkpoint["epoch"]) + 1
         result.resumed_from = start_epoch
         if comm.rank == 0:
-            log(f"resuming from checkpoint after epoch {start_epoch - 1}")
-    if comm.hvd is not None:
-        comm.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-        comm.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+            log(f"resuming from the checkpoint after epoch {start_epoch}/{job.epochs}")
+    comm.broadcast_state(model, optimizer)
     loss_fn = _loss_fn(spec.kind)
     for epoch in range(start_epoch, job.epochs):
-        if best["epoch"] >= 0 and epoch - best["epoch"] > job.early_stopping_patience:
+        if should_stop(best["epoch"], epoch, job.early_stopping_patience):
             if comm.rank == 0:
-                log(f"early stopping: no {metric} improvement since epoch {best['epoch']}")
+                log(f"early stopping: no {metric} improvement since epoch {best['epoch'] + 1}")
             break
+        torch.manual_seed(epoch_seed(job.seed, epoch, comm.rank))  # dropout differs by rank, replays on resume
         started = time.monotonic()
-        train_loss, rows = _train_epoch(model, optimizer, loss_fn, job, spec, comm, epoch, device)
+        train_loss, rows = _train_epoch(train_model, optimizer, loss_fn, job, spec, comm, epoch, device)
         seconds = time.monotonic() - started
         validation = _evaluate(model, job.validation_files, spec, job.label, job, comm, device)
         value = validation.get(metric, float("nan"))
-        improved = best["value"] is None or (value > best["value"] if higher_is_better else value < best["value"])
-        entry = {"epoch": epoch, "train_loss": train_loss, "validation": validation,
-                 "samples_per_second": rows / seconds if seconds else 0.0, "seconds": seconds}
+        better = improved(value, best["value"], higher_is_better)
+        rate = rows / seconds if seconds else 0.0
+        entry = {"epoch": epoch, "train_loss": train_loss, "validation": validation, "samples_per_second": rate,
+                 "samples_per_second_per_worker": rate / comm.size, "seconds": seconds, "rows": rows}
         history.append(entry)
-        if comm.rank == 0:
-            if improved:
-                best = {"epoch": epoch, "value": value}
-                save_model(model, run_dir / "best")
-            log(f"epoch {epoch + 1}/{job.epochs}: loss {train_loss:.4f}  validation {metric} {value:.4f}  "
-                f"{entry['samples_per_second']:.0f} samples/s ({rows} rows, {seconds:.1f}s)")
-            _save_checkpoint(run_dir, model, optimizer, epoch, history, best)
-        elif improved:
+        if better:
             best = {"epoch": epoch, "value": value}
-        if job.fail_after_epoch is not None and epoch == job.fail_after_epoch and result.resumed_from is None:
-            raise RuntimeError(f"injected failure after epoch {epoch} (fault-injection test)")
+        if comm.rank == 0:
+            if better:
+                save_model(model, run_dir / BEST_DIR)
+            save_checkpoint(run_dir, model, optimizer, epoch, history, best, fingerprint)
+            _write_history(run_dir, history)
+            log(f"epoch {epoch + 1}/{job.epochs}: loss {train_loss:.4f}  validation {metric} {value:.4f}  "
+                f"{rate:,.0f} samples/s ({rate / comm.size:,.0f} per worker; {rows} rows, {seconds:.1f}s)")
+        _inject_faults(job, comm, epoch, result.resumed_from is not None)
     result.history = [EpochLog(**h) for h in history]
     result.best_epoch = int(best["epoch"])
     return result
 
 
+def test_metrics(job: TrainJob, comm: Comm) -> dict[str, float]:
+    """Test-split metrics of the best model (every rank scores its share; outputs are gathered)."""
+    best_dir = Path(job.run_dir) / BEST_DIR
+    comm.barrier()  # rank 0 wrote the best model
+    if not (best_dir / WEIGHTS_FILE).exists() or not job.test_files:
+        return {}
+    device = default_device(comm.local_rank)
+    model = load_model(best_dir, device)
+    return _evaluate(model, job.test_files, model.spec, job.label, job, comm, device)
+
+
+test_metrics.__test__ = False  # not a pytest test, despite the name
+
+
+def train_and_test(job: TrainJob, comm: Comm, log=print) -> dict:
+    """Train, then score the test split: the result every entry point returns (rank 0's is authoritative)."""
+    result = run_training(job, comm, log)
+    return {"rank": comm.rank, "size": comm.size, "history": [asdict(h) for h in result.history],
+            "best_epoch": result.best_epoch, "resumed_from": result.resumed_from, "test": test_metrics(job, comm)}
+
+
+def threads_per_rank(local_size: int) -> int:
+    """Torch intra-op threads per rank: the cores shared out, so ranks do not oversubscribe them."""
+    return max(1, (os.cpu_count() or 2) // max(local_size, 1))
+
+
 def horovod_entry(job: TrainJob) -> dict:
-    """Entry point run by ``horovod.spark.run`` on every rank; returns the history (rank 0 authoritative)."""
+    """Entry point run by ``horovod.spark.run`` on every rank."""
+    # Horovod's background thread batches collectives every cycle; its default (a few ms) is
+    # long next to a step on a small model. Read at hvd.init().
+    os.environ.setdefault("HOROVOD_CYCLE_TIME", "0.5")
     import horovod.torch as hvd
 
     hvd.init()
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // hvd.local_size()))
-    comm = Comm(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(), hvd=hvd)
-    result = run_training(job, comm)
-    test = _test_metrics(job, comm)
-    return {"rank": comm.rank, "size": comm.size, "history": [h.__dict__ for h in result.history],
-            "best_epoch": result.best_epoch, "resumed_from": result.resumed_from, "test": test}
-
-
-def _test_metrics(job: TrainJob, comm: Comm) -> dict[str, float]:
-    """Test-split metrics of the best model (every rank scores its share; rank 0 gathers)."""
-    from shardlake.models.tabular import load_model
-
-    best_dir = Path(job.run_dir) / "best"
-    if comm.hvd is not None:
-        comm.hvd.barrier()
-    if not (best_dir / "model.safetensors").exists():
-        return {}
-    model = load_model(best_dir, default_device(comm.local_rank))
-    return _evaluate(model, job.test_files, model.spec, job.label, job, comm, default_device(comm.local_rank))
+    torch.set_num_threads(threads_per_rank(hvd.local_size()))
+    comm = HorovodComm(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(), hvd=hvd)
+    return train_and_test(job, comm)
