@@ -17,38 +17,86 @@ PREDICTION = "prediction"
 SCORE = "score"
 
 
+class InjectedFailure(RuntimeError):
+    """Raised on purpose inside the map stage (tests of what a job that dies mid-write leaves behind)."""
+
+
 def prediction_fields(kind: str) -> list[T.StructField]:
-    """Output columns the map stage adds: a class and its probability, or a value."""
+    """Output columns the map stage adds: a class and its probability, or a value (also as the score)."""
     if kind == "binary":
         return [T.StructField(PREDICTION, T.IntegerType()), T.StructField(SCORE, T.DoubleType())]
     return [T.StructField(PREDICTION, T.DoubleType()), T.StructField(SCORE, T.DoubleType())]
 
 
-def _scorer(spec_dict: dict, weights, batch_size: int, passthrough: Sequence[str], threshold: float):
-    """The per-partition function: load the model once per task, then score Arrow batches."""
+def build_scoring_model(spec: ModelSpec, weights: bytes, device=None, quantize: bool = False):
+    """The model in eval mode on ``device`` (default: a GPU when present); int8 dynamic quantisation runs on the CPU."""
+    from shardlake.models.tabular import default_device, model_from_bytes
+
+    if quantize:
+        from shardlake.quantize import quantize_dynamic_int8
+
+        # quantize_dynamic produces CPU kernels only: a quantised model scores on the CPU even beside a GPU.
+        return quantize_dynamic_int8(model_from_bytes(spec, weights, "cpu")), _cpu()
+    device = device or default_device()
+    return model_from_bytes(spec, weights, device), device
+
+
+def _cpu():
+    import torch
+
+    return torch.device("cpu")
+
+
+def score_frame(model, spec: ModelSpec, frame: pd.DataFrame, device, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """(prediction, score) for one batch of rows: encode with the model's spec, one forward pass as tensors."""
+    import torch
+
+    from shardlake.models.tabular import encode
+
+    numeric, categorical = encode(frame, spec)
+    with torch.inference_mode():
+        # non_blocking lets the host-to-GPU copy overlap; on the CPU it is a no-op.
+        out = model.predict(torch.from_numpy(numeric).to(device, non_blocking=True),
+                            torch.from_numpy(categorical).to(device, non_blocking=True)).float().cpu().numpy()
+    score = out.astype(np.float64)
+    prediction = (out >= threshold).astype(np.int32) if spec.kind == "binary" else score
+    return prediction, score
+
+
+def _task_threads() -> int:
+    """CPU threads this task may use: its spark.task.cpus, so parallel tasks do not oversubscribe the cores."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    return max(1, context.cpus()) if context is not None else 1
+
+
+def _scorer(spec_dict: dict, weights, batch_size: int, passthrough: Sequence[str], threshold: float,
+            quantize: bool, fail_on_partition: int | None):
+    """The per-partition function: build the model once per task from the broadcast, then score Arrow batches."""
 
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import torch
-
-        from shardlake.models.tabular import default_device, encode, model_from_bytes
+        from pyspark import TaskContext
 
         spec = ModelSpec.from_dict(spec_dict)
-        device = default_device()
-        model = model_from_bytes(spec, weights.value, device)
-        with torch.inference_mode():
-            for frame in batches:
-                for start in range(0, len(frame), batch_size):
-                    part = frame.iloc[start:start + batch_size]
-                    numeric, categorical = encode(part, spec)
-                    out = model.predict(torch.from_numpy(numeric).to(device),
-                                        torch.from_numpy(categorical).to(device)).float().cpu().numpy()
-                    result = part[list(passthrough)].reset_index(drop=True)
-                    if spec.kind == "binary":
-                        result[PREDICTION] = (out >= threshold).astype(np.int32)
-                    else:
-                        result[PREDICTION] = out.astype(np.float64)
-                    result[SCORE] = out.astype(np.float64)
-                    yield result
+        model, device = build_scoring_model(spec, weights.value, quantize=quantize)
+        if device.type == "cpu":
+            torch.set_num_threads(_task_threads())
+        partition = TaskContext.get().partitionId() if TaskContext.get() is not None else -1
+        emitted = 0
+        for frame in batches:
+            for start in range(0, len(frame), batch_size):
+                part = frame.iloc[start:start + batch_size]
+                prediction, values = score_frame(model, spec, part, device, threshold)
+                result = part[list(passthrough)].reset_index(drop=True)
+                result[PREDICTION] = prediction
+                result[SCORE] = values
+                yield result
+                emitted += len(result)
+                # Test hook: fail after this task has already produced output, i.e. mid-write.
+                if fail_on_partition is not None and partition == fail_on_partition and emitted:
+                    raise InjectedFailure(f"injected failure in map task of partition {partition} after {emitted} rows")
 
     return score
 
@@ -69,11 +117,14 @@ class TabularModel:
         return cls(spec, (folder / WEIGHTS_FILE).read_bytes(), model_version)
 
     def transform(self, df: DataFrame, passthrough: Sequence[str], batch_size: int = 8192,
-                  threshold: float = 0.5) -> DataFrame:
+                  threshold: float = 0.5, quantize: bool = False,
+                  fail_on_partition: int | None = None) -> DataFrame:
         """Add prediction and score to ``passthrough`` columns; features are read from ``df``.
 
         Weights travel once per executor as a broadcast; each task builds the model once and scores
-        Arrow batches of ``batch_size`` rows as tensors (on a GPU when the executor has one).
+        Arrow batches of up to ``batch_size`` rows as tensors (on a GPU when the executor has one;
+        on the CPU with int8 weights when ``quantize``). ``fail_on_partition`` makes that
+        partition's task raise after its first batch (a test hook).
         """
         features = [*self.spec.numeric, *self.spec.categorical]
         missing = [c for c in features if c not in df.columns]
@@ -82,5 +133,5 @@ class TabularModel:
         columns = list(dict.fromkeys([*passthrough, *features]))
         schema = T.StructType([df.schema[c] for c in passthrough] + prediction_fields(self.spec.kind))
         weights = df.sparkSession.sparkContext.broadcast(self.weights)
-        return df.select(*[F.col(c) for c in columns]).mapInPandas(
-            _scorer(self.spec.to_dict(), weights, batch_size, passthrough, threshold), schema)
+        scorer = _scorer(self.spec.to_dict(), weights, batch_size, passthrough, threshold, quantize, fail_on_partition)
+        return df.select(*[F.col(c) for c in columns]).mapInPandas(scorer, schema)

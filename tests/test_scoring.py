@@ -1,0 +1,103 @@
+"""The map stage (TabularModel.transform) and int8 quantisation, against in-process scoring of the same rows."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pyspark.errors import PythonException
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+import infer_data as D
+from shardlake import quantize
+from shardlake.models.tabular import build_model, save_model
+from shardlake.scoring import PREDICTION, SCORE, TabularModel, build_scoring_model, score_frame
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A binary model saved in a folder, as training leaves it."""
+    folder = tmp_path_factory.mktemp("model")
+    model = build_model(D.spec("binary"), seed=5)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(3.0)
+    save_model(model, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data():
+    return D.rows(400, seed=1)
+
+
+def _expected(spark, data, scores, kind="binary"):
+    """The rows' key and shard with the given scores, as the map stage should return them."""
+    expected = data[[*D.KEY, "shard"]].copy()
+    expected[PREDICTION] = (scores >= 0.5).astype(np.int32) if kind == "binary" else scores
+    expected[SCORE] = scores
+    return spark.createDataFrame(expected).select(
+        *D.KEY, "shard", F.col(PREDICTION).cast("int" if kind == "binary" else "double"), SCORE)
+
+
+def test_map_stage_equals_in_process_scoring(spark, saved, data):
+    model = TabularModel.load(saved, "m")
+    source = D.frame(spark, data).repartition(3)
+    # Batches of 64 in Spark against one batch of 400 here: no statistic comes from the batch.
+    actual = model.transform(source, [*D.KEY, "shard"], batch_size=64)
+    assertDataFrameEqual(actual, _expected(spark, data, D.in_process_scores(saved, data)), rtol=1e-6)
+
+
+def test_regression_map_stage_predicts_the_value(spark, tmp_path, data):
+    model = build_model(D.spec("regression"), seed=9)
+    save_model(model, tmp_path)
+    actual = TabularModel.load(tmp_path, "r").transform(D.frame(spark, data), [*D.KEY, "shard"], batch_size=100)
+    assertDataFrameEqual(actual, _expected(spark, data, D.in_process_scores(tmp_path, data), "regression"),
+                         rtol=1e-6)
+
+
+def test_quantized_map_stage_equals_in_process_int8_scoring(spark, saved, data):
+    model = TabularModel.load(saved, "m")
+    int8, device = build_scoring_model(model.spec, model.weights, quantize=True)
+    _, scores = score_frame(int8, model.spec, data, device)
+    # int8 activations are quantised per batch with the batch's range: one partition, one batch, as here.
+    actual = model.transform(D.frame(spark, data).coalesce(1), [*D.KEY, "shard"], batch_size=400, quantize=True)
+    assertDataFrameEqual(actual, _expected(spark, data, scores), rtol=1e-5)
+
+
+def test_quantized_scores_stay_close_to_float(saved, data):
+    model = TabularModel.load(saved, "m")
+    float_model, device = build_scoring_model(model.spec, model.weights, device=torch.device("cpu"))
+    int8, _ = build_scoring_model(model.spec, model.weights, quantize=True)
+    _, reference = score_frame(float_model, model.spec, data, device)
+    _, scores = score_frame(int8, model.spec, data, device)
+    assert not np.array_equal(scores, reference)  # it did quantise
+    assert np.abs(scores - reference).max() < 0.1
+
+
+def test_quantization_report_has_metric_and_speed_change(saved, data):
+    model = TabularModel.load(saved, "m")
+    result = quantize.compare(model.spec, model.weights, data, "delayed", batch_size=128, repeat=1)
+    assert result["rows"] == len(data)
+    assert result["float"]["rows_per_s"] > 0 and result["int8"]["rows_per_s"] > 0
+    assert result["speedup"] == pytest.approx(result["int8"]["rows_per_s"] / result["float"]["rows_per_s"], rel=1e-2)
+    assert result["metric_change"]["auc"] == pytest.approx(result["int8"]["auc"] - result["float"]["auc"])
+    assert 0 < result["max_abs_score_diff"] < 0.1
+
+
+def test_quantized_predictions_are_their_own_model_version():
+    assert quantize.scored_version("flights-v3-abc", quantize=True) == "flights-v3-abc+int8"
+    assert quantize.scored_version("flights-v3-abc", quantize=False) == "flights-v3-abc"
+
+
+def test_missing_feature_column_is_refused(spark, saved, data):
+    source = D.frame(spark, data).drop("distance")
+    with pytest.raises(ValueError, match="distance"):
+        TabularModel.load(saved, "m").transform(source, D.KEY)
+
+
+def test_injected_failure_is_raised_inside_the_map_task(spark, saved, data):
+    scored = TabularModel.load(saved, "m").transform(D.frame(spark, data).repartition(2), D.KEY, fail_on_partition=1)
+    with pytest.raises(PythonException, match="InjectedFailure"):
+        scored.collect()
+
