@@ -38,3 +38,26 @@ def score_histogram(scores_by_label: Mapping[str, Sequence[float]], path: Path, 
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def binned_histogram(edges: Sequence[float], counts_by_label: Mapping[str, Sequence[float]], path: Path,
+                     title: str, xlabel: str = "score") -> Path:
+    """Distribution from counts already binned (e.g. aggregated in Spark over every row), one series per label.
+
+    Each series is drawn as a density, so a rare label's shape stays visible beside a common one.
+    """
+    import numpy as np
+
+    widths = np.diff(np.asarray(edges, dtype=float))
+    fig, axis = plt.subplots(figsize=(6, 4))
+    for name, counts in counts_by_label.items():
+        counts = np.asarray(counts, dtype=float)
+        if counts.sum() > 0:
+            axis.stairs(counts / (counts.sum() * widths), edges, label=f"{name} (n={int(counts.sum())})",
+                        fill=True, alpha=0.5)
+    axis.set(xlabel=xlabel, ylabel="density", title=title)
+    axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -44,3 +44,27 @@ def print_infer(report, console: Console) -> None:
     console.print(table)
     if report.drift:
         console.print(f"[red]DRIFT beyond tolerance:[/red] {report.drift}")
+    _print_infer_extras(report, console)
+
+
+def _print_infer_extras(report, console: Console) -> None:
+    """Mode, the test-metric comparison, the int8-against-float comparison and where the plot is."""
+    console.print(f"mode: {getattr(report, 'mode', 'full')}")
+    for name, check in (getattr(report, "comparison", None) or {}).items():
+        flag = "[red]drifted[/red]" if check["drifted"] else "ok"
+        console.print(f"  {name}: now {check['now']:.4f}, at test {check['at_test']:.4f}, change {check['change']:+.4f} "
+                      f"(allowed {check['allowed']:.4f}) {flag}")
+    quantization = getattr(report, "quantization", None)
+    if quantization:
+        table = Table(title=f"int8 dynamic quantisation against float ({quantization['rows']} rows, "
+                            f"{quantization['threads']} thread)")
+        for column in ("metric", "float", "int8", "change"):
+            table.add_column(column, justify="right")
+        for name, value in quantization["float"].items():
+            int8 = quantization["int8"][name]
+            table.add_row(name, f"{value:.4f}", f"{int8:.4f}", f"{int8 - value:+.4f}")
+        console.print(table)
+        console.print(f"speed-up int8/float: {quantization['speedup']:.2f}x; score difference max "
+                      f"{quantization['max_abs_score_diff']:.4g}, mean {quantization['mean_abs_score_diff']:.4g}")
+    if getattr(report, "plot", None):
+        console.print(f"score distribution: {report.plot}")

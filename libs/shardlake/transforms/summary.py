@@ -1,20 +1,28 @@
 """The reduce side of batch inference: combinable per-shard aggregates, then the overall figures.
 
-Every aggregate is a sum (rows, confusion counts, score histogram per label), so Spark combines
-them map-side per partition and reduces them per shard; the overall row is the sum of the shards.
-AUC comes from the score histogram, exact up to the bucket width.
+Every aggregate is a sum, a min or a max (rows, score sums, confusion counts, squared and absolute
+errors, a score histogram per label), so Spark combines them map-side per partition and reduces
+them per shard; the overall row is the combination of the shards. Binary AUC comes from the score
+histogram, exact up to the bucket width; regression RMSE and MAE from error sums.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from shardlake.scoring import PREDICTION, SCORE
 
 BUCKETS = 1000
+# Metrics compared with the model card's test metrics, and how the tolerance applies to each:
+# rates in [0, 1] move by an absolute amount; errors carry the label's unit, so they move relatively.
+DRIFT_METRICS: dict[str, dict[str, str]] = {
+    "binary": {"auc": "absolute", "accuracy": "absolute"},
+    "regression": {"rmse": "relative", "mae": "relative"},
+}
 
 
 def with_lineage(scored: DataFrame, model_version: str, table_path: str, table_version: int,
@@ -28,17 +36,39 @@ def with_lineage(scored: DataFrame, model_version: str, table_path: str, table_v
     })
 
 
-def shard_histograms(predictions: DataFrame, label: str | None, shard: str = "shard") -> DataFrame:
-    """Per shard and score bucket: rows, positives predicted, and (with labels) positives/negatives."""
-    bucket = F.greatest(F.least(F.floor(F.col(SCORE) * BUCKETS), F.lit(BUCKETS - 1)), F.lit(0)).cast("int")
-    aggs = [F.count(F.lit(1)).alias("rows"), F.sum(F.col(SCORE)).alias("score_sum"),
-            F.sum(F.col(PREDICTION).cast("double")).alias("predicted_sum")]
-    if label:
-        aggs += [F.sum(F.col(label).cast("double")).alias("label_sum"),
-                 F.sum((F.col(PREDICTION) == F.col(label)).cast("long")).alias("correct"),
-                 F.sum(((F.col(PREDICTION) == 1) & (F.col(label) == 1)).cast("long")).alias("tp"),
-                 F.sum(((F.col(PREDICTION) == 1) & (F.col(label) == 0)).cast("long")).alias("fp"),
-                 F.sum(((F.col(PREDICTION) == 0) & (F.col(label) == 1)).cast("long")).alias("fn")]
+def _score_aggs() -> list[Column]:
+    """Distribution aggregates of the score that every kind shares (sums, min, max: combinable)."""
+    score = F.col(SCORE)
+    return [F.count(F.lit(1)).alias("rows"), F.sum(score).alias("score_sum"),
+            F.sum(score * score).alias("score_sq_sum"), F.min(score).alias("score_min"),
+            F.max(score).alias("score_max")]
+
+
+def shard_aggregates(predictions: DataFrame, label: str | None, kind: str, shard: str = "shard") -> DataFrame:
+    """Per shard (and, for binary models, per score bucket) the sums the summary is built from.
+
+    Binary: rows, predicted positives and, with labels, labelled rows, positives, correct, tp, fp,
+    fn per bucket (the histogram gives AUC). Regression: one row per shard with, with labels, the
+    label sum and the squared and absolute error sums. Rows without a label count only in ``rows``.
+    """
+    aggs = _score_aggs()
+    if kind == "binary":
+        bucket = F.greatest(F.least(F.floor(F.col(SCORE) * BUCKETS), F.lit(BUCKETS - 1)), F.lit(0)).cast("int")
+        aggs.append(F.sum(F.col(PREDICTION).cast("double")).alias("predicted_sum"))
+        if label:
+            y, p = F.col(label), F.col(PREDICTION)
+            aggs += [F.count(y).alias("labelled"), F.sum(y.cast("double")).alias("label_sum"),
+                     F.sum((p == y).cast("long")).alias("correct"),
+                     F.sum(((p == 1) & (y == 1)).cast("long")).alias("tp"),
+                     F.sum(((p == 1) & (y == 0)).cast("long")).alias("fp"),
+                     F.sum(((p == 0) & (y == 1)).cast("long")).alias("fn")]
+    else:
+        bucket = F.lit(0)
+        if label:
+            y = F.col(label).cast("double")
+            error = F.col(PREDICTION) - y
+            aggs += [F.count(y).alias("labelled"), F.sum(y).alias("label_sum"),
+                     F.sum(error * error).alias("sq_error_sum"), F.sum(F.abs(error)).alias("abs_error_sum")]
     return predictions.groupBy(F.col(shard).alias("shard"), bucket.alias("bucket")).agg(*aggs)
 
 
@@ -51,40 +81,108 @@ def auc_from_histogram(positives: np.ndarray, negatives: np.ndarray) -> float:
     return float((positives * (negatives_below + 0.5 * negatives)).sum() / (pos_total * neg_total))
 
 
-def summarize(histograms: Sequence[Mapping], labelled: bool) -> list[dict]:
-    """One row per shard plus 'overall' from the collected histogram rows (small: shards x buckets)."""
+def _ratio(numerator: float, denominator: float, empty: float = float("nan")) -> float:
+    return numerator / denominator if denominator else empty
+
+
+def _total(rows: Sequence[Mapping], name: str) -> float:
+    """Sum of one aggregate over rows; Spark's sum of no non-null values is None, which adds nothing."""
+    return sum(r[name] or 0 for r in rows)
+
+
+def _distribution(rows: Sequence[Mapping]) -> dict:
+    """Rows and the score's mean, standard deviation, min and max, combined from the shard sums."""
+    n = _total(rows, "rows")
+    mean = _ratio(_total(rows, "score_sum"), n)
+    variance = _ratio(_total(rows, "score_sq_sum"), n) - mean * mean if n else float("nan")
+    minima = [r["score_min"] for r in rows if r["score_min"] is not None]
+    maxima = [r["score_max"] for r in rows if r["score_max"] is not None]
+    return {"rows": int(n), "mean_score": mean, "score_std": math.sqrt(max(variance, 0.0)) if n else float("nan"),
+            "score_min": min(minima) if minima else float("nan"), "score_max": max(maxima) if maxima else float("nan")}
+
+
+def _binary_metrics(rows: Sequence[Mapping]) -> dict:
+    """Label rate, accuracy, precision, recall and histogram AUC over the labelled rows."""
+    labelled = _total(rows, "labelled")
+    tp, fp, fn = (_total(rows, k) for k in ("tp", "fp", "fn"))
+    pos, neg = np.zeros(BUCKETS), np.zeros(BUCKETS)
+    for r in rows:
+        pos[r["bucket"]] += r["label_sum"] or 0
+        neg[r["bucket"]] += (r["labelled"] or 0) - (r["label_sum"] or 0)
+    return {"label_rate": _ratio(_total(rows, "label_sum"), labelled),
+            "accuracy": _ratio(_total(rows, "correct"), labelled),
+            "precision": _ratio(tp, tp + fp, 0.0), "recall": _ratio(tp, tp + fn, 0.0),
+            "auc": auc_from_histogram(pos, neg)}
+
+
+def _regression_metrics(rows: Sequence[Mapping]) -> dict:
+    """Label mean, RMSE and MAE over the labelled rows."""
+    labelled = _total(rows, "labelled")
+    mse = _ratio(_total(rows, "sq_error_sum"), labelled)
+    return {"label_mean": _ratio(_total(rows, "label_sum"), labelled),
+            "rmse": math.sqrt(mse) if not math.isnan(mse) else mse,
+            "mae": _ratio(_total(rows, "abs_error_sum"), labelled)}
+
+
+def summarize(aggregates: Sequence[Mapping], kind: str, labelled: bool) -> list[dict]:
+    """One row per shard plus 'overall' (first) from the collected aggregate rows (small: shards x buckets)."""
     scopes: dict[str, list[Mapping]] = {}
-    for row in histograms:
+    for row in aggregates:
         scopes.setdefault(f"shard={row['shard']}", []).append(row)
-    scopes["overall"] = list(histograms)
+    scopes["overall"] = list(aggregates)
     out = []
     for scope, rows in sorted(scopes.items(), key=lambda kv: (kv[0] != "overall", kv[0])):
-        total = sum(r["rows"] for r in rows)
-        record = {"scope": scope, "rows": int(total),
-                  "mean_score": sum(r["score_sum"] for r in rows) / total if total else float("nan"),
-                  "predicted_positive_rate": sum(r["predicted_sum"] for r in rows) / total if total else float("nan")}
+        record = {"scope": scope, **_distribution(rows)}
+        if kind == "binary":
+            record["predicted_positive_rate"] = _ratio(_total(rows, "predicted_sum"), record["rows"])
         if labelled:
-            tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
-            pos = np.zeros(BUCKETS)
-            neg = np.zeros(BUCKETS)
-            for r in rows:
-                pos[r["bucket"]] += r["label_sum"]
-                neg[r["bucket"]] += r["rows"] - r["label_sum"]
-            record.update({
-                "label_rate": sum(r["label_sum"] for r in rows) / total if total else float("nan"),
-                "accuracy": sum(r["correct"] for r in rows) / total if total else float("nan"),
-                "precision": tp / (tp + fp) if tp + fp else 0.0,
-                "recall": tp / (tp + fn) if tp + fn else 0.0,
-                "auc": auc_from_histogram(pos, neg),
-            })
+            record.update(_binary_metrics(rows) if kind == "binary" else _regression_metrics(rows))
         out.append(record)
     return out
 
 
-def drift(overall: Mapping, test_metrics: Mapping, tolerance: float, names: Sequence[str] = ("auc", "accuracy")) -> dict:
-    """Metrics whose value moved more than ``tolerance`` from the model card's test metrics."""
-    flagged = {}
-    for name in names:
-        if name in overall and name in test_metrics and abs(overall[name] - test_metrics[name]) > tolerance:
-            flagged[name] = {"now": overall[name], "at_test": test_metrics[name]}
-    return flagged
+def compare_with_test(overall: Mapping, test_metrics: Mapping, tolerance: float, kind: str) -> dict:
+    """Each drift metric present on both sides: now, at test, the change, the allowed change and whether it drifted.
+
+    The allowed change is ``tolerance`` for rates and ``tolerance`` x |test value| for errors
+    (see DRIFT_METRICS). A NaN on either side (e.g. AUC of one class) is reported, never flagged.
+    """
+    compared = {}
+    for name, mode in DRIFT_METRICS[kind].items():
+        now, at_test = overall.get(name), test_metrics.get(name)
+        if now is None or at_test is None:
+            continue
+        allowed = tolerance if mode == "absolute" else tolerance * abs(at_test)
+        change = now - at_test
+        compared[name] = {"now": now, "at_test": at_test, "change": change, "allowed": allowed,
+                          "drifted": bool(abs(change) > allowed)}
+    return compared
+
+
+def drift(overall: Mapping, test_metrics: Mapping, tolerance: float, kind: str = "binary") -> dict:
+    """Only the metrics whose change from the model card's test metrics exceeds the allowed change."""
+    return {k: v for k, v in compare_with_test(overall, test_metrics, tolerance, kind).items() if v["drifted"]}
+
+
+def label_histogram(aggregates: Sequence[Mapping], label: str | None, bins: int = 40) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Binary score histogram over [0, 1] in ``bins`` bins from the bucket aggregates: per label value, or all rows.
+
+    The plot of every scored row, with no further pass over the data.
+    """
+    if BUCKETS % bins:
+        raise ValueError(f"bins must divide {BUCKETS}, got {bins}")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    width = BUCKETS // bins
+    series: dict[str, np.ndarray] = {}
+    for row in aggregates:
+        b = row["bucket"] // width
+        if label is None:
+            parts = {"all rows": row["rows"]}
+        else:
+            positives = row["label_sum"] or 0
+            parts = {f"{label}=0": (row["labelled"] or 0) - positives, f"{label}=1": positives}
+            if row["rows"] - (row["labelled"] or 0):
+                parts["unlabelled"] = row["rows"] - (row["labelled"] or 0)
+        for name, count in parts.items():
+            series.setdefault(name, np.zeros(bins))[b] += count
+    return edges, dict(sorted(series.items()))

@@ -1,0 +1,170 @@
+"""run_infer end to end on tiny Delta tables: real Spark, real Delta, a registered model, no mocks.
+
+Each scenario has its own dataset name (its own clean and predictions tables) in one lake that
+shares the registry, so scenarios do not see each other's writes.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+import infer_data as D
+from shardlake import delta_io
+from shardlake.lake import Lake
+from shardlake.scoring import PREDICTION, SCORE
+from shardlake.stages.infer import PLOT_FILE, REPORT_FILE, InferenceError, load_model, run_infer
+
+BINARY_TEST_METRICS = {"auc": 0.95, "accuracy": 0.5}  # AUC far above what random weights reach: drift
+
+
+@pytest.fixture(scope="module")
+def lake(spark, tmp_path_factory) -> Lake:
+    """A lake whose registry holds a binary model 'mb'."""
+    lake = Lake.at(tmp_path_factory.mktemp("infer") / "lake")
+    D.register_model(spark, lake, "flights", "mb", "binary", BINARY_TEST_METRICS)
+    return lake
+
+
+def _predictions(spark, lake: Lake, dataset: str, version: int | None = None):
+    return delta_io.read_version(spark, lake.table(dataset, "predictions"), version)
+
+
+def _expected(spark, data, folder, model_version: str, source_version: int, logical_date: str, lake: Lake,
+              dataset: str):
+    """What the predictions table should hold for ``data``: in-process scores plus the lineage columns."""
+    scores = D.in_process_scores(folder, data)
+    expected = data[[*D.KEY, "shard", "delayed"]].copy()
+    expected[PREDICTION] = (scores >= 0.5).astype(np.int32)
+    expected[SCORE] = scores
+    return (spark.createDataFrame(expected)
+            .select(*D.KEY, "shard", F.col("delayed").cast("int"), F.col(PREDICTION).cast("int"), SCORE)
+            .withColumns({"model_version": F.lit(model_version), "source_table": F.lit(lake.table(dataset, "clean")),
+                          "source_version": F.lit(source_version).cast("long"),
+                          "logical_date": F.to_date(F.lit(logical_date))}))
+
+
+@pytest.fixture(scope="module")
+def full_run(spark, lake):
+    """One full run of 'mb' over a 160-row clean table (dataset 'full')."""
+    data = D.rows(160, seed=2)
+    D.write_clean(spark, lake, "full", data)
+    report = run_infer(spark, lake, D.config(lake, "full"), "2024-01-01", model_version="mb")
+    return {"data": data, "report": report}
+
+
+def test_predictions_equal_in_process_scoring_of_the_same_rows(spark, lake, full_run):
+    expected = _expected(spark, full_run["data"], lake.model_dir("flights", "mb"), "mb", 0, "2024-01-01", lake, "full")
+    assertDataFrameEqual(_predictions(spark, lake, "full"), expected, rtol=1e-6)
+
+
+def test_report_counts_the_rows_scored_and_inserted(full_run):
+    report = full_run["report"]
+    assert (report.rows_scored, report.rows_inserted, report.rows_updated) == (160, 160, 0)
+    assert report.summary[0]["scope"] == "overall" and report.summary[0]["rows"] == 160
+
+
+def test_drift_beyond_tolerance_against_the_card_is_flagged_and_stored(spark, lake, full_run):
+    report = full_run["report"]
+    assert "auc" in report.drift and report.drift["auc"]["at_test"] == BINARY_TEST_METRICS["auc"]
+    stored = (delta_io.read_version(spark, lake.table("full", "inference_summary"))
+              .where(F.col("scope") == "overall").first())
+    assert json.loads(stored["drift_json"])["auc"]["drifted"] is True
+
+
+def test_summary_table_holds_one_row_per_shard_and_overall(spark, lake, full_run):
+    summary = delta_io.read_version(spark, lake.table("full", "inference_summary"))
+    rows = {r["scope"]: r["rows"] for r in summary.collect()}
+    assert rows == {"overall": 160, **{f"shard={s}": 40 for s in range(4)}}
+
+
+def test_score_distribution_plot_and_report_are_written_next_to_the_run(full_run):
+    report = full_run["report"]
+    assert report.plot.endswith(PLOT_FILE)
+    with open(report.plot, "rb") as png:
+        assert png.read(8) == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads(open(f"{report.run_dir}/{REPORT_FILE}").read())
+    assert saved["predictions_version"] == report.predictions_version
+
+
+def test_rerun_writes_nothing_twice(spark, lake, full_run):
+    before = _predictions(spark, lake, "full").collect()
+    report = run_infer(spark, lake, D.config(lake, "full"), "2024-01-02", model_version="mb")
+    assert (report.rows_scored, report.rows_inserted, report.rows_updated) == (160, 0, 0)
+    # Full content, the first run's logical date included: nothing was rewritten.
+    assertDataFrameEqual(_predictions(spark, lake, "full"), before)
+
+
+def test_incremental_run_scores_only_new_keys(spark, lake):
+    first, new = D.rows(100, seed=3), D.rows(30, start=5000, seed=3)
+    D.write_clean(spark, lake, "incr", first)
+    run_infer(spark, lake, D.config(lake, "incr"), "2024-01-01", model_version="mb")
+    before = _predictions(spark, lake, "incr")
+    old_rows = before.collect()
+    version = D.write_clean(spark, lake, "incr", new)
+
+    report = run_infer(spark, lake, D.config(lake, "incr"), "2024-01-02", model_version="mb", incremental=True)
+
+    assert (report.mode, report.rows_scored, report.rows_inserted, report.rows_updated) == ("incremental", 30, 30, 0)
+    after = _predictions(spark, lake, "incr")
+    assertDataFrameEqual(after.where(F.col("logical_date") == "2024-01-01"), old_rows)
+    expected_new = _expected(spark, new, lake.model_dir("flights", "mb"), "mb", version, "2024-01-02", lake, "incr")
+    assertDataFrameEqual(after.where(F.col("logical_date") == "2024-01-02"), expected_new, rtol=1e-6)
+    assert report.summary[0]["rows"] == 130  # the summary covers the whole table version
+
+
+@pytest.fixture(scope="module")
+def failed_run(spark, lake):
+    """Dataset 'fail': a complete run on v0, then new rows (v1) and a run whose map task raises mid-write."""
+    first, new = D.rows(80, seed=4), D.rows(60, start=7000, seed=4)
+    D.write_clean(spark, lake, "fail", first)
+    run_infer(spark, lake, D.config(lake, "fail"), "2024-01-01", model_version="mb")
+    path = lake.table("fail", "predictions")
+    before_version = delta_io.latest_version(spark, path)
+    before = _predictions(spark, lake, "fail").collect()
+    version = D.write_clean(spark, lake, "fail", new, partitions=2)
+    with pytest.raises(InferenceError) as error:
+        run_infer(spark, lake, D.config(lake, "fail"), "2024-01-02", model_version="mb", fail_on_partition=1)
+    return {"before": before, "before_version": before_version, "error": error.value, "first": first, "new": new,
+            "version": version}
+
+
+def test_failure_inside_the_map_stage_leaves_predictions_unchanged(spark, lake, failed_run):
+    assert "InjectedFailure" in str(failed_run["error"]) and "left as it was" in str(failed_run["error"])
+    assert delta_io.latest_version(spark, lake.table("fail", "predictions")) == failed_run["before_version"]
+    assertDataFrameEqual(_predictions(spark, lake, "fail"), failed_run["before"])
+
+
+def test_rerun_after_a_failure_completes_the_table(spark, lake, failed_run):
+    report = run_infer(spark, lake, D.config(lake, "fail"), "2024-01-02", model_version="mb")
+    assert (report.rows_inserted, report.rows_updated) == (60, 0)
+    folder = lake.model_dir("flights", "mb")
+    expected = (_expected(spark, failed_run["first"], folder, "mb", 0, "2024-01-01", lake, "fail")
+                .unionByName(_expected(spark, failed_run["new"], folder, "mb", failed_run["version"], "2024-01-02",
+                                       lake, "fail")))
+    assertDataFrameEqual(_predictions(spark, lake, "fail"), expected, rtol=1e-6)
+
+
+def test_regression_model_is_summarised_with_rmse_and_mae(spark, lake):
+    data = D.rows(120, seed=5)
+    D.write_clean(spark, lake, "reg", data)
+    error = D.in_process_scores(D.save(lake, "reg", "mr", "regression"), data) - data["arr_delay"].to_numpy()
+    rmse, mae = np.sqrt(np.mean(error ** 2)), np.mean(np.abs(error))
+    # On the card: an RMSE 2% off (within the 5% relative tolerance) and an MAE half of today's (drift).
+    card = D.register_model(spark, lake, "reg", "mr", "regression", {"rmse": rmse * 1.02, "mae": mae / 2})
+
+    report = run_infer(spark, lake, D.config(lake, "reg", kind="regression"), "2024-01-01", model_version="mr")
+
+    overall = report.summary[0]
+    assert (overall["rmse"], overall["mae"]) == (pytest.approx(rmse), pytest.approx(mae))
+    assert list(report.drift) == ["mae"] and card["model_version"] == report.model_version
+
+
+def test_model_folder_changed_after_registration_is_refused(lake):
+    card = json.loads((lake.model_dir("flights", "mb") / "card.json").read_text())
+    card["model_spec"] = {**card["model_spec"], "mean": {"distance": 1.0, "sched_dep_hour": 13.0}}
+    with pytest.raises(InferenceError, match="differs from the one on the model card"):
+        load_model(card)
