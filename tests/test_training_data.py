@@ -132,3 +132,19 @@ def test_labels_arrive_with_their_rows(spark, versions):
     pairs = [(int(i), float(y)) for numeric, _, target in batches(files, ID_SPEC, "delayed", 64, seed=0)
              for i, y in zip(numeric[:, 0], target)]
     assert all(label_of[i] == y for i, y in pairs) and np.isclose(len(pairs), len(train_ids(versions[0])))
+
+
+def test_a_regression_plan_carries_the_labels_training_scale(spark, versions):
+    config = config_for(versions["lake"], "train.table_version=0", "dataset.label.column=arr_delay",
+                        "dataset.label.kind=regression")
+    plan = train.plan(spark, versions["lake"], config, run_id="regression")
+    labels = versions[0].loc[versions[0].split == "train", "arr_delay"]
+    assert (plan.spec.kind, plan.job.label) == ("regression", "arr_delay")
+    assert (plan.spec.target_mean, plan.spec.target_std) == pytest.approx((labels.mean(), labels.std()))
+
+
+def test_a_plan_uses_the_configured_architecture_and_loader(spark, versions):
+    config = config_for(versions["lake"], "train.architecture=linear", "train.loader_pool=dummy",
+                        "train.shuffle_buffer=5000")
+    plan = train.plan(spark, versions["lake"], config, run_id="linear")
+    assert (plan.spec.architecture, plan.job.loader.pool, plan.job.loader.shuffle_buffer) == ("linear", "dummy", 5000)

@@ -363,9 +363,6 @@ def threads_per_rank(local_size: int) -> int:
 
 def horovod_entry(job: TrainJob) -> dict:
     """Entry point run by ``horovod.spark.run`` on every rank."""
-    # Horovod's background thread batches collectives every cycle; its default (a few ms) is
-    # long next to a step on a small model. Read at hvd.init().
-    os.environ.setdefault("HOROVOD_CYCLE_TIME", "0.5")
     import horovod.torch as hvd
 
     hvd.init()
