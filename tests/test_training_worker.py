@@ -163,3 +163,9 @@ def test_a_checkpoint_of_another_job_is_not_resumed(splits, tmp_path):
 def test_the_best_model_is_saved_as_safetensors_only(splits, tmp_path):
     run_training(make_job(splits, tmp_path, epochs=1), Comm(), log=lambda _: None)
     assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["model.safetensors", "model_spec.json"]
+
+
+def test_a_torn_checkpoint_is_reported_as_unreadable(tmp_path):
+    (tmp_path / CHECKPOINT).write_bytes(b"PK\x03\x04 torn")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(tmp_path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -217,9 +218,11 @@ def load_checkpoint(run_dir: Path, job_fingerprint: str | None = None) -> dict |
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError (or RuntimeError) for anything but tensors and plain values
+    except pickle.UnpicklingError as err:  # weights_only refuses any object but tensors and plain values
         raise CheckpointError(f"{path}: refused to load: it holds more than tensors and plain values "
                               f"({' '.join(str(err).split())[:300]})") from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({err}); remove it to start the run afresh") from err
     if job_fingerprint is not None and state.get("job") != job_fingerprint:
         raise CheckpointError(f"{path} belongs to another job (config, table version or files changed); "
                               f"start a new run id or remove the run folder")
