@@ -101,3 +101,29 @@ def test_injected_failure_is_raised_inside_the_map_task(spark, saved, data):
     with pytest.raises(PythonException, match="InjectedFailure"):
         scored.collect()
 
+
+
+def test_arrow_batches_encode_exactly_like_pandas_frames(data):
+    """The map stage hands encode Arrow-derived columns; the transform must be the one training applies."""
+    import pyarrow as pa
+
+    from shardlake.models.tabular import encode
+    from shardlake.scoring import arrow_features
+
+    spec = D.spec("binary")
+    messy = data.assign(carrier=data["carrier"].where(data.index % 7 != 0, None))  # missing and unknown ('ZZ')
+    batch = pa.RecordBatch.from_pandas(messy, preserve_index=False)
+    numeric, categorical = encode(arrow_features(batch, spec), spec)
+    expected_numeric, expected_categorical = encode(messy, spec)
+    np.testing.assert_array_equal(numeric, expected_numeric)
+    np.testing.assert_array_equal(categorical, expected_categorical)
+    assert (categorical[:, 0] == 0).sum() == (messy["carrier"].isna() | (messy["carrier"] == "ZZ")).sum()
+
+
+@pytest.mark.parametrize("rows, batch_size, expected", [
+    (10000, 8192, [(0, 5000), (5000, 5000)]), (100, 8192, [(0, 100)]), (0, 8192, []),
+    (7, 3, [(0, 3), (3, 3), (6, 1)])])
+def test_arrow_batches_are_cut_into_even_pieces(rows, batch_size, expected):
+    from shardlake.scoring import even_slices
+
+    assert even_slices(rows, batch_size) == expected
