@@ -208,6 +208,8 @@ class TrainSettings(_Strict):
     loader_workers: int = Field(default=1, ge=1, description="Petastorm reader threads (1 keeps runs reproducible)")
     loader_pool: Literal["thread", "dummy", "process"] = Field(default="thread", description="Petastorm reader pool")
     architecture: Literal["mlp", "linear"] = Field(default="mlp", description="model in shardlake.models.tabular")
+    torch_threads: int | None = Field(default=None, ge=1,
+                                      description="intra-op threads per rank on CPU; None = cores / ranks")
     start_timeout_s: int = Field(default=600, ge=10)
     promote_threshold: float = Field(default=0.6, description="validation metric needed for production")
 

@@ -82,6 +82,7 @@ def plan(spark: SparkSession, lake: Lake, config: AppConfig, run_id: str | None 
                    batch_size=train.batch_size, learning_rate=train.learning_rate, seed=train.seed,
                    early_stopping_patience=train.early_stopping_patience, loader_workers=train.loader_workers,
                    loader_pool=train.loader_pool, shuffle_buffer=train.shuffle_buffer,
+                   torch_threads=train.torch_threads,
                    fail_after_epoch=fail_after_epoch, kill_after_epoch=kill_after_epoch)
     return TrainPlan(model_version, table_path, version, job, spec)
 

@@ -6,6 +6,7 @@ NCCL when every rank has a GPU) and trains through ``TorchComm``.
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -88,10 +89,15 @@ def distributor_entry(job: TrainJob) -> dict:
     dist.init_process_group(backend=backend)
     try:
         local_size = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
-        torch.set_num_threads(threads_per_rank(local_size))
+        torch.set_num_threads(threads_per_rank(local_size, job.torch_threads))
         comm = TorchComm(rank=dist.get_rank(), size=dist.get_world_size(),
                          local_rank=int(os.environ.get("LOCAL_RANK", "0")), device=device)
-        result = train_and_test(job, comm)
-        return comm.broadcast_result(result)
+        result = comm.broadcast_result(train_and_test(job, comm))
+        # Tear down only once every rank is done with every collective, and after DDP's reducer is
+        # gone: a rank that exits while another still talks to it can die in Gloo's destructor
+        # (std::terminate, SIGABRT), and torchrun then fails the whole run.
+        gc.collect()
+        dist.barrier()
+        return result
     finally:
         dist.destroy_process_group()

@@ -53,6 +53,7 @@ class TrainJob:
     loader_workers: int = 1
     loader_pool: str = "thread"
     shuffle_buffer: int = 20000
+    torch_threads: int | None = None  # None: the machine's cores shared out over its ranks
     # Fault injection for recovery tests; neither fires in a resumed run.
     fail_after_epoch: int | None = None  # every rank raises after this epoch's checkpoint
     kill_after_epoch: int | None = None  # rank ``kill_rank`` SIGKILLs itself after this epoch's checkpoint
@@ -63,9 +64,11 @@ class TrainJob:
         return LoaderOptions(pool=self.loader_pool, workers=self.loader_workers, shuffle_buffer=self.shuffle_buffer)
 
     def fingerprint(self) -> str:
-        """What a checkpoint must match to be resumed: everything but the run folder and fault injection."""
-        fields = {k: v for k, v in asdict(self).items()
-                  if k not in ("run_dir", "fail_after_epoch", "kill_after_epoch", "kill_rank")}
+        """What a checkpoint must match to be resumed: what is trained on and how, not the run folder,
+        fault injection or speed knobs (reader pool and threads, torch threads)."""
+        ignored = ("run_dir", "fail_after_epoch", "kill_after_epoch", "kill_rank", "loader_workers", "loader_pool",
+                   "torch_threads")
+        fields = {k: v for k, v in asdict(self).items() if k not in ignored}
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -359,9 +362,10 @@ def train_and_test(job: TrainJob, comm: Comm, log=print) -> dict:
             "best_epoch": result.best_epoch, "resumed_from": result.resumed_from, "test": test_metrics(job, comm)}
 
 
-def threads_per_rank(local_size: int) -> int:
-    """Torch intra-op threads per rank: the cores shared out, so ranks do not oversubscribe them."""
-    return max(1, (os.cpu_count() or 2) // max(local_size, 1))
+def threads_per_rank(local_size: int, wanted: int | None = None) -> int:
+    """Torch intra-op threads per rank: as configured, else the cores shared out so ranks do not
+    oversubscribe them (on a busy machine, spinning intra-op threads can slow a small model 10x)."""
+    return wanted or max(1, (os.cpu_count() or 2) // max(local_size, 1))
 
 
 def horovod_entry(job: TrainJob) -> dict:
@@ -369,6 +373,6 @@ def horovod_entry(job: TrainJob) -> dict:
     import horovod.torch as hvd
 
     hvd.init()
-    torch.set_num_threads(threads_per_rank(hvd.local_size()))
+    torch.set_num_threads(threads_per_rank(hvd.local_size(), job.torch_threads))
     comm = HorovodComm(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(), hvd=hvd)
     return train_and_test(job, comm)
