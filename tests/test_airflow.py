@@ -1,0 +1,323 @@
+"""Airflow: the DAG folder parses cleanly, and the pipeline DAG runs for real on a sample of the flights.
+
+Airflow lives in its own venv (.venv-airflow, created here by scripts/airflow_env.sh when missing).
+The tests drive it as a person would: scripts/airflow.sh (`dags test`, `tasks test`) and, for the
+DagBag, a short script run by that venv's python. Every task is a real spark-submit of the project's
+job; the tests read the Delta tables it wrote with the test session's Spark. No mocks of Spark,
+Delta or Airflow.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flights_sample import write_sample
+
+REPO = Path(__file__).resolve().parent.parent
+DAGS = REPO / "airflow_dags"
+AIRFLOW_VENV = Path(os.environ.get("AIRFLOW_VENV", REPO / ".venv-airflow"))
+DAG_ID = "shardlake_flights"
+TASKS = ["ingest", "train", "gate", "infer"]
+LOGICAL_DATE = "2024-01-02"
+RUN_ID = f"manual__{LOGICAL_DATE}T00:00:00+00:00"
+# A date without a DAG run: `tasks test` then takes its params as given (a run's conf would win).
+OTHER_DATE = "2024-01-03"
+DATA_TABLES = ("clean", "quarantine", "predictions", "inference_summary")
+# Output of a pip install that could not reach PyPI: then the venv cannot be built here, and the
+# tests skip (saying so) rather than fail.
+OFFLINE_SIGNS = ("Failed to establish a new connection", "Temporary failure in name resolution",
+                 "No matching distribution found", "Network is unreachable", "ProxyError")
+
+
+def ensure_airflow_venv() -> Path:
+    """The Airflow venv, installed by scripts/airflow_env.sh if missing (idempotent: a stamp, then instant)."""
+    result = subprocess.run([str(REPO / "scripts" / "airflow_env.sh"), str(AIRFLOW_VENV)],
+                            capture_output=True, text=True, timeout=1200)
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        if result.returncode == 2 or any(sign in output for sign in OFFLINE_SIGNS):
+            pytest.skip(f"cannot create the Airflow venv here (no Python 3.11 or no PyPI): {output[-600:]}")
+        pytest.fail(f"scripts/airflow_env.sh failed ({result.returncode}):\n{output[-3000:]}")
+    return AIRFLOW_VENV
+
+
+def airflow_env(home: Path, dags: Path = DAGS) -> dict[str, str]:
+    """Environment of an isolated Airflow: its own home (SQLite), this DAG folder, the local Spark connection."""
+    env = dict(os.environ)
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW_VENV": str(AIRFLOW_VENV),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__METRICS__TIMER_UNIT_CONSISTENCY": "True",
+        "AIRFLOW_CONN_SPARK_LOCAL": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+        "SHARDLAKE_HOME": str(REPO),
+        "SPARK_LOCAL_IP": "127.0.0.1",
+    })
+    return env
+
+
+def airflow(env: dict[str, str], *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """One Airflow CLI command through scripts/airflow.sh (migrates a new home's database first)."""
+    return subprocess.run([str(REPO / "scripts" / "airflow.sh"), *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def tail(result: subprocess.CompletedProcess, chars: int = 4000) -> str:
+    return (result.stdout + result.stderr)[-chars:]
+
+
+# ---------------------------------------------------------------------------------------------
+# DagBag: parse the folder in the Airflow venv and report what Airflow sees, as JSON.
+
+DAGBAG_REPORT = textwrap.dedent('''
+    import copy, json, sys
+    HEAVY = ("pyspark", "torch", "shardlake", "horovod", "petastorm", "delta", "deltalake")
+    before = {m for m in sys.modules if m.split(".")[0] in HEAVY}
+    from airflow.models import DagBag
+    from airflow.models.param import ParamsDict
+
+    bag = DagBag(include_examples=False)
+    report = {"import_errors": {k: str(v)[-2000:] for k, v in bag.import_errors.items()},
+              "heavy_imports": sorted({m.split(".")[0] for m in sys.modules if m.split(".")[0] in HEAVY} - before),
+              "parse_seconds": sum(s.duration.total_seconds() for s in bag.dagbag_stats), "dags": {}}
+    for dag_id, dag in bag.dags.items():
+        tasks = {}
+        for task in dag.tasks:
+            tasks[task.task_id] = {
+                "operator": type(task).__name__, "upstream": sorted(task.upstream_task_ids),
+                "downstream": sorted(task.downstream_task_ids), "trigger_rule": str(task.trigger_rule),
+                "retries": task.retries, "retry_delay_s": task.retry_delay.total_seconds(),
+                "application": task.application, "spark_binary": task._spark_binary, "jars": task.jars,
+                "env_vars": task.env_vars, "conn_id": task._conn_id,
+                "refused_exit_code": getattr(task, "refused_exit_code", None)}
+        rendered = {}
+        for task_id, params in (("ingest", {}), ("infer", {"model_version": "m-1",
+                                  "overrides": ["lake.root=/tmp/lake-{{ ds_nodash }}", "train.epochs=1"]})):
+            task = copy.deepcopy(dag.get_task(task_id))
+            values = {**dag.params.dump(), **params}
+            task.render_template_fields({"ds": "2024-01-02", "ds_nodash": "20240102", "dag": dag,
+                                         "task": task, "params": ParamsDict(values)})
+            rendered[task_id] = task.application_args
+        report["dags"][dag_id] = {
+            "order": [t.task_id for t in dag.topological_sort()], "tasks": tasks, "rendered": rendered,
+            "schedule": str(dag.schedule_interval), "start_date": dag.start_date.isoformat(),
+            "catchup": dag.catchup, "max_active_runs": dag.max_active_runs,
+            "params": dag.params.dump()}
+    print("DAGBAG_REPORT " + json.dumps(report, default=str))
+''')
+
+
+def dagbag_report(tmp_path: Path, dags: Path = DAGS) -> dict:
+    """What Airflow's DagBag makes of ``dags`` (import errors, DAGs, tasks, rendered arguments)."""
+    venv = ensure_airflow_venv()
+    script = tmp_path / "dagbag_report.py"
+    script.write_text(DAGBAG_REPORT)
+    result = subprocess.run([str(venv / "bin" / "python"), str(script)], env=airflow_env(tmp_path / "home", dags),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, tail(result)
+    line = next(x for x in result.stdout.splitlines() if x.startswith("DAGBAG_REPORT "))
+    return json.loads(line.removeprefix("DAGBAG_REPORT "))
+
+
+@pytest.fixture(scope="module")
+def dagbag(tmp_path_factory) -> dict:
+    return dagbag_report(tmp_path_factory.mktemp("dagbag"))
+
+
+def test_dag_folder_imports_without_errors_or_heavy_imports(dagbag):
+    assert dagbag["import_errors"] == {}
+    assert dagbag["heavy_imports"] == []
+    assert dagbag["parse_seconds"] < 10
+
+
+def test_one_dag_per_configured_dataset_with_the_pipeline_in_order(dagbag):
+    configured = yaml.safe_load((DAGS / "pipelines.yaml").read_text())["pipelines"]
+    assert sorted(dagbag["dags"]) == sorted(f"shardlake_{name}" for name in configured)
+    dag = dagbag["dags"][DAG_ID]
+    assert dag["order"] == TASKS
+    for upstream, downstream in zip(TASKS, TASKS[1:]):
+        assert dag["tasks"][upstream]["downstream"] == [downstream]
+        assert dag["tasks"][downstream]["upstream"] == [upstream]
+    # infer runs only when the gate succeeded: a refused model never scores anything.
+    assert dag["tasks"]["infer"]["trigger_rule"] == "all_success"
+
+
+def test_schedule_start_catchup_retries_and_params_are_explicit(dagbag):
+    dag = dagbag["dags"][DAG_ID]
+    assert (dag["schedule"], dag["start_date"], dag["catchup"], dag["max_active_runs"]) == (
+        "@daily", "2024-01-01T00:00:00+00:00", False, 1)
+    for task in dag["tasks"].values():
+        assert task["retries"] >= 1 and task["retry_delay_s"] > 0
+    assert dag["params"] == {"dataset": "flights", "conf": ["conf/base.yaml"], "overrides": [], "model_version": None}
+
+
+def test_tasks_submit_the_projects_jobs_with_its_spark_and_delta_jars(dagbag):
+    from jobs import promote
+    from shardlake.session import DELTA_ARTIFACTS, DELTA_VERSION
+
+    tasks = dagbag["dags"][DAG_ID]["tasks"]
+    jobs = {"ingest": "ingest", "train": "train", "gate": "promote", "infer": "infer"}
+    for task_id, task in tasks.items():
+        assert task["operator"] == "ShardlakeJobOperator"
+        assert task["application"] == str(REPO / "jobs" / f"{jobs[task_id]}.py")
+        assert Path(task["application"]).is_file()
+        assert task["spark_binary"] == str(REPO / ".venv" / "bin" / "spark-submit")
+        assert task["env_vars"]["PYSPARK_PYTHON"] == str(REPO / ".venv" / "bin" / "python")
+        assert [Path(j).name for j in task["jars"].split(",")] == [f"{a}-{DELTA_VERSION}.jar" for a in DELTA_ARTIFACTS]
+        assert task["conn_id"] == "spark_local"
+    assert tasks["gate"]["refused_exit_code"] == promote.REFUSED
+
+
+def test_run_params_become_job_arguments_rendered_per_interval(dagbag):
+    rendered = dagbag["dags"][DAG_ID]["rendered"]
+    conf = str(REPO / "conf" / "base.yaml")
+    assert rendered["ingest"] == ["--run-id", "airflow-flights-2024-01-02", "--conf", conf, "dataset=flights"]
+    assert rendered["infer"] == ["--logical-date", "2024-01-02", "--model-version=m-1", "--conf", conf,
+                                 "dataset=flights", "lake.root=/tmp/lake-20240102", "train.epochs=1"]
+
+
+def test_factory_builds_a_dag_per_dataset_and_refuses_unknown_settings(tmp_path):
+    folder = tmp_path / "dags"
+    shutil.copytree(DAGS, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    config = yaml.safe_load((folder / "pipelines.yaml").read_text())
+    config["pipelines"]["weather"] = {"schedule": "@hourly", "retries": 1}
+    (folder / "pipelines.yaml").write_text(yaml.safe_dump(config))
+    report = dagbag_report(tmp_path, folder)
+    assert report["import_errors"] == {}
+    assert sorted(report["dags"]) == ["shardlake_flights", "shardlake_weather"]
+    weather = report["dags"]["shardlake_weather"]
+    assert (weather["schedule"], weather["params"]["dataset"], weather["order"]) == ("@hourly", "weather", TASKS)
+
+    config["pipelines"]["weather"] = {"shedule": "@hourly"}
+    (folder / "pipelines.yaml").write_text(yaml.safe_dump(config))
+    errors = dagbag_report(tmp_path, folder)["import_errors"]
+    assert len(errors) == 1 and "unknown setting(s) ['shedule']" in next(iter(errors.values()))
+
+
+# ---------------------------------------------------------------------------------------------
+# One real run of the pipeline DAG on a ~1% sample (about 3.4k flights), into a temporary lake.
+
+@dataclass
+class PipelineRun:
+    """A finished `airflow dags test` of the pipeline: its environment, params and lake."""
+
+    env: dict[str, str] = field(repr=False)
+    params: dict
+    lake: Path
+    rows: list[str]
+    seconds: float
+    states: dict[str, dict]
+
+
+_RUN: PipelineRun | None = None
+
+
+def pipeline_run(tmp_path_factory) -> PipelineRun:
+    """Run the whole DAG once per test session (tests/test_notebooks.py reads the same lake)."""
+    global _RUN
+    if _RUN is None:
+        ensure_airflow_venv()
+        root = tmp_path_factory.mktemp("airflow-pipeline")
+        sample, rows = write_sample(root / "data", every=100)
+        lake = root / "lake"
+        params = {"overrides": [f"lake.root={lake}", f"dataset.source.path={sample}", "dataset.shards=4",
+                                "train.epochs=1", "train.promote_threshold=0.0"]}
+        env = airflow_env(root / "airflow-home")
+        started = time.monotonic()
+        result = airflow(env, "dags", "test", DAG_ID, LOGICAL_DATE, "--conf", json.dumps(params))
+        seconds = time.monotonic() - started
+        assert result.returncode == 0, tail(result, 12000)
+        listed = airflow(env, "tasks", "states-for-dag-run", DAG_ID, RUN_ID, "--output", "json")
+        assert listed.returncode == 0, tail(listed)
+        table = next(line for line in reversed(listed.stdout.splitlines()) if line.startswith("[{"))
+        states = {t["task_id"]: t for t in json.loads(table)}
+        _RUN = PipelineRun(env, params, lake, rows, seconds, states)
+    return _RUN
+
+
+@pytest.fixture(scope="module")
+def dag_run(tmp_path_factory) -> PipelineRun:
+    return pipeline_run(tmp_path_factory)
+
+
+def delta_rows(spark, path: Path) -> list[tuple]:
+    """Every row of the latest version of a Delta table, as sortable tuples."""
+    return sorted(tuple(str(v) for v in row) for row in spark.read.format("delta").load(str(path)).collect())
+
+
+def delta_frame(spark, path: Path):
+    """The latest version of a (small) Delta table as pandas."""
+    return spark.read.format("delta").load(str(path)).toPandas()
+
+
+@pytest.mark.slow
+def test_every_task_ran_once_in_order_and_succeeded(dag_run):
+    states = dag_run.states
+    assert {t: s["state"] for t, s in states.items()} == {t: "success" for t in TASKS}
+    ends = [states[t]["end_date"] for t in TASKS]
+    assert all(ends) and ends == sorted(ends)
+    print(f"airflow dags test {DAG_ID}: {dag_run.seconds:.0f} s")
+
+
+@pytest.mark.slow
+def test_the_run_wrote_clean_quarantine_model_and_predictions(spark, dag_run):
+    flights = dag_run.lake / "flights"
+    clean, quarantine = delta_frame(spark, flights / "clean"), delta_frame(spark, flights / "quarantine")
+    runs = delta_frame(spark, flights / "ingest_runs")
+    run = runs[runs["run_id"] == f"airflow-flights-{LOGICAL_DATE}"].iloc[0]
+    assert run["rows_read"] == len(dag_run.rows) == len(clean) + len(quarantine) + run["duplicates_removed"]
+    assert sorted(clean["shard"].unique()) == [0, 1, 2, 3]
+
+    registry = delta_frame(spark, dag_run.lake / "_registry" / "models")
+    production = registry[(registry["dataset"] == "flights") & (registry["stage"] == "production")]
+    assert len(production) == 1
+    model_version = production.iloc[0]["model_version"]
+    assert json.loads(production.iloc[0]["card_json"])["config"]["train"]["epochs"] == 1
+
+    predictions = delta_frame(spark, flights / "predictions")
+    assert len(predictions) == len(clean)
+    assert set(predictions["model_version"]) == {model_version}
+    assert {str(d) for d in predictions["logical_date"]} == {LOGICAL_DATE}
+    assert predictions["score"].between(0, 1).all()
+    summary = delta_frame(spark, flights / "inference_summary")
+    overall = summary[summary["scope"] == "overall"]
+    assert len(overall) == 1 and overall.iloc[0]["rows"] == len(clean)
+
+
+@pytest.mark.slow
+def test_running_the_ingest_again_for_the_same_interval_leaves_identical_tables(spark, dag_run):
+    flights = dag_run.lake / "flights"
+    before = {name: delta_rows(spark, flights / name) for name in DATA_TABLES}
+    result = airflow(dag_run.env, "tasks", "test", DAG_ID, "ingest", LOGICAL_DATE,
+                     "--task-params", json.dumps(dag_run.params))
+    assert result.returncode == 0, tail(result)
+    after = {name: delta_rows(spark, flights / name) for name in DATA_TABLES}
+    for name in DATA_TABLES:
+        assert after[name] == before[name], f"{name} changed when the ingest ran again for {LOGICAL_DATE}"
+
+
+@pytest.mark.slow
+def test_gate_refuses_a_model_below_the_threshold_and_is_not_retried(spark, dag_run):
+    registry_path = dag_run.lake / "_registry" / "models"
+    before = delta_rows(spark, registry_path)
+    registry = delta_frame(spark, registry_path)
+    model_version = registry[registry["stage"] == "production"].iloc[0]["model_version"]
+    params = {"overrides": [*dag_run.params["overrides"], "train.promote_threshold=1.01"],
+              "model_version": model_version}
+    result = airflow(dag_run.env, "tasks", "test", DAG_ID, "gate", OTHER_DATE, "--task-params", json.dumps(params))
+    output = tail(result, 20000)
+    assert result.returncode != 0, output
+    assert "does not meet the promotion threshold 1.01" in output
+    assert "AirflowFailException: jobs/promote.py refused (exit code 3)" in output
+    assert "Immediate failure requested. Marking task as FAILED" in output and "UP_FOR_RETRY" not in output
+    assert delta_rows(spark, registry_path) == before
