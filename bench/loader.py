@@ -8,13 +8,18 @@ shared; the best pass is the least disturbed one), limit and loaders interleaved
     python bench/loader.py                       # ./lake's flights clean table, latest version
     python bench/loader.py --synthetic-rows 300000   # no lake needed
 
-Recorded on the 2-core development machine (flights clean table v16, 261,952 training rows in
-8 row groups, 11 numeric + 3 string features, batch 1024, other jobs running):
-    pyarrow limit                        ~3.0-3.6 M rows/s
-    petastorm DataLoader, stock reader   ~0.09 M rows/s (numeric columns only: it cannot batch strings)
-    stock batch reader + pandas          ~0.5 M rows/s  (the previous training loader)
-    shardlake loader (thread, 1 worker)  ~2.7-3.0 M rows/s  -> 0.8-0.9x the limit (target >= 0.5x)
-Row groups of 8k rows cost ~15% against 32k-row groups; a 20k-row shuffle window costs ~5%.
+Recorded on the 2-core development machine (flights clean table v16: 261,952 training rows in
+8 row groups, 11 numeric + 3 string features, batch 1024) while other engineers' Spark jobs kept
+the load average at 7-12, so single passes vary by 2x; figures are best-of-7:
+    pyarrow limit (same files, same encoding)     3.7-5.4 M rows/s
+    shardlake loader (thread pool, 1 reader)      3.6-3.8 M rows/s -> 0.70 of the run's best limit
+                                                  pass (0.63-0.76 against the paired limit passes)
+    shardlake loader, 2 readers / no shuffle      0.68-0.85 / 0.53-0.81
+    stock batch reader + pandas (old loader)      1.3 M rows/s  -> 0.24-0.26
+    petastorm BatchedDataLoader (numeric only)    3.4-4.1 M rows/s -> 0.26-0.30 of its (numeric) limit
+    petastorm DataLoader, the default (numeric)   0.06-0.22 M rows/s -> 0.01-0.02
+    shardlake loader on 8k-row row groups         0.42-0.50 (per-row-group overhead)
+Target: >= 0.5x the limit.
 """
 from __future__ import annotations
 
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synthetic-rows", type=int, default=0, help="use a synthetic table of this many rows instead")
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--shuffle-buffer", type=int, default=20000)
-    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--row-group-sizes", default="8192", help="also measure files rewritten with these row groups")
     p.add_argument("--skip-slow", action="store_true", help="skip petastorm's row-wise DataLoader (slowest)")
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -200,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
 
     full_limit = limit(files, spec, [*NUMERIC, *CATEGORICAL, LABEL])
     numeric_limit = limit(files, numeric_spec, [*NUMERIC, LABEL])
-    full_limit()  # warm the page cache and imports before anything is timed
     tuned = LoaderOptions(pool="thread", workers=1, shuffle_buffer=args.shuffle_buffer)
+    full_limit(), shardlake_loader(files, spec, args.batch_size, tuned)()  # warm caches and imports, untimed
     variants: list[tuple[str, Callable[[], int], Callable[[], int]]] = [
         ("shardlake loader: thread pool, 1 worker", shardlake_loader(files, spec, args.batch_size, tuned), full_limit),
         ("shardlake loader: thread pool, 2 workers", shardlake_loader(
@@ -224,14 +229,17 @@ def main(argv: list[str] | None = None) -> int:
                          limit(rewritten, spec, [*NUMERIC, *CATEGORICAL, LABEL])))
 
     print(f"{'variant':<50} {'rows/s':>12} {'limit rows/s':>13} {'ratio':>6}")
-    headline = None
+    headline, full_limits = None, []
     for name, loader, ceiling in variants:
         slow = "DataLoader (default)" in name
         rate, ceiling_rate, _ = paired_rates(loader, ceiling, 1 if slow else args.repeat)
-        ratio = rate / ceiling_rate
-        headline = headline if headline is not None else ratio
-        print(f"{name:<50} {rate:>12,.0f} {ceiling_rate:>13,.0f} {ratio:>6.2f}")
-    print(f"RATIO shardlake loader / pyarrow limit = {headline:.2f} (target >= 0.5)")
+        if ceiling is full_limit:
+            full_limits.append(ceiling_rate)
+        headline = headline if headline is not None else rate
+        print(f"{name:<50} {rate:>12,.0f} {ceiling_rate:>13,.0f} {rate / ceiling_rate:>6.2f}")
+    # The machine is shared: judge the loader against the best limit pass of the whole run (conservative).
+    print(f"RATIO shardlake loader / pyarrow limit = {headline / max(full_limits):.2f} "
+          f"(against the best limit pass of the run, {max(full_limits):,.0f} rows/s; target >= 0.5)")
     return 0
 
 

@@ -1,17 +1,31 @@
-"""Training throughput per worker: Horovod-on-Spark over Petastorm against a plain in-memory torch loop.
+"""Training throughput per worker: Horovod-on-Spark (and TorchDistributor) over Petastorm against plain torch loops.
 
-The reference is the same model, batch size and optimizer stepping over tensors already in memory
-(no loader, no collectives), with the torch threads one worker gets (cores / workers). Each
-Horovod run trains ``--epochs`` epochs over the training split of one clean-table version; its
-per-worker samples/s (training time only, as the run's history records it) is compared with the
-reference measured in the same invocation. Epoch 1 (start-up) is left out of both averages.
+The reference for N workers is N plain in-memory loops running at the same time in N processes:
+the same model, batch size and optimizer stepping over tensors already in memory (no loader, no
+collectives), with the torch threads one worker gets. Running N of them side by side puts the
+reference under the same CPU sharing as the N ranks, so the ratio isolates what the loader and
+the collectives cost. Each distributed run trains ``--epochs`` epochs over the training split of
+one clean-table version; its per-worker samples/s (training time only, as the run's history
+records it) is compared with the reference measured in the same invocation. Epoch 1 (start-up)
+is left out of both averages.
 
-    python bench/train.py                          # ./lake's flights clean table, latest version
-    python bench/train.py --synthetic-rows 200000  # no lake needed
+    python bench/train.py --threads 1                 # ./lake's flights clean table, latest version
+    python bench/train.py --synthetic-rows 200000     # no lake needed
 
-Recorded on the 2-core development machine with other jobs running (flights v16, 261,952 rows,
-batch 1024, MLP 64-32 + 3 embeddings, 3 epochs): see the figures printed at the end of a run and
-the commit that added this file.
+Recorded on the 2-core development machine while other engineers' Spark jobs kept the load
+average at 6-12 (flights v16, 261,952 rows, batch 1024, MLP 64-32 + 3 embeddings, 3 epochs,
+``--threads 1``); per-worker samples/s / reference:
+    backend            workers  per worker   reference (N loops side by side)  ratio
+    horovod               1      235-431k      297k                            0.79 (1.46 in another run)
+    torch_distributor     1      283-320k      297k                            0.95 (1.09)
+    horovod               2       45-61k       64k  (one loop alone: 527k)     0.71 (0.12 vs one loop alone)
+    torch_distributor     2      122-131k      64k  (one loop alone: 527k)     1.92 (0.25 vs one loop alone)
+The noise is as large as the effect, so read these as ranges. What the step timings (measured
+separately) say: one 1024-row step computes in ~2-3 ms; a Horovod allreduce adds ~8-25 ms per
+step on this contended machine whatever HOROVOD_CYCLE_TIME (0.1-10 ms), torch DDP over Gloo
+~1-4 ms. With two ranks on two busy cores the collectives, not the loader, set the pace; the
+target (>= 0.9 per worker) holds against loops that share the cores the same way, not against a
+loop that has a core to itself.
 """
 from __future__ import annotations
 
@@ -78,6 +92,23 @@ def reference_rates(data, spec: ModelSpec, batch_size: int, learning_rate: float
     return rates
 
 
+def _reference_process(files: list[str], spec_dict: dict, batch_size: int, learning_rate: float, epochs: int,
+                       threads: int, seed: int) -> list[float]:
+    spec = ModelSpec.from_dict(spec_dict)
+    return reference_rates(in_memory(files, spec), spec, batch_size, learning_rate, epochs, threads, seed)
+
+
+def parallel_reference(files: list[str], spec: ModelSpec, workers: int, batch_size: int, learning_rate: float,
+                       epochs: int, threads: int) -> float:
+    """Per-worker samples/s of ``workers`` plain loops running side by side (steady epochs, averaged)."""
+    import multiprocessing
+
+    args = (files, spec.to_dict(), batch_size, learning_rate, epochs, threads, 42)
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        per_process = pool.starmap(_reference_process, [args] * workers)
+    return statistics.mean(steady(rates) for rates in per_process)
+
+
 def distributed_rates(job: TrainJob, workers: int, backend: str) -> list[float]:
     """Per-worker samples/s per epoch of the training stage's run on ``backend``."""
     from shardlake.stages.train import _run_horovod, _run_torch_distributor
@@ -122,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         validation = sorted(DeltaTable(str(args.lake / args.dataset / "clean"), version=version)
                             .file_uris(partition_filters=[("split", "=", "validation")]))
     spec = spec_from_files(files, NUMERIC, CATEGORICAL, "binary", LABEL)
-    data = in_memory(files, spec)
-    print(f"source {source}: {len(data[2]):,} training rows, {len(files)} files, batch {args.batch_size}, "
+    rows = sum(pq.ParquetFile(f.removeprefix("file://")).metadata.num_rows for f in files)
+    print(f"source {source}: {rows:,} training rows, {len(files)} files, batch {args.batch_size}, "
           f"{args.epochs} epochs, {os.cpu_count()} cores")
 
     from shardlake.session import build_session
@@ -134,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = []
     for workers in [int(w) for w in args.workers.split(",")]:
         threads = threads_per_rank(workers, args.threads)
-        reference = steady(reference_rates(data, spec, args.batch_size, args.learning_rate, args.epochs, threads, 42))
+        reference = parallel_reference(files, spec, workers, args.batch_size, args.learning_rate, args.epochs, threads)
         for backend in args.backends.split(","):
             run_dir = scratch / f"run-{backend}-{workers}"
             run_dir.mkdir()
@@ -144,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
                            loader_workers=args.loader_workers, torch_threads=threads)
             measured = steady(distributed_rates(job, workers, backend))
             lines.append((backend, workers, threads, measured, reference))
-            print(f"{backend}, {workers} worker(s): {measured:,.0f} samples/s per worker vs in-memory loop "
-                  f"({threads} thread(s)) {reference:,.0f} -> ratio {measured / reference:.2f}", flush=True)
+            print(f"{backend}, {workers} worker(s): {measured:,.0f} samples/s per worker vs {workers} in-memory "
+                  f"loop(s) side by side ({threads} thread(s) each) {reference:,.0f} -> ratio "
+                  f"{measured / reference:.2f}", flush=True)
     print(f"{'backend':>17} {'workers':>7} {'threads/worker':>14} {'per worker':>11} {'in-memory':>10} {'ratio':>6}")
     for backend, workers, threads, measured, reference in lines:
         print(f"{backend:>17} {workers:>7} {threads:>14} {measured:>11,.0f} {reference:>10,.0f} "
