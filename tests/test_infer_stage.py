@@ -98,22 +98,35 @@ def test_rerun_writes_nothing_twice(spark, lake, full_run):
     assertDataFrameEqual(_predictions(spark, lake, "full"), before)
 
 
-def test_incremental_run_scores_only_new_keys(spark, lake):
+@pytest.fixture(scope="module")
+def incremental_run(spark, lake):
+    """Dataset 'incr': a full run on 100 rows (v0), 30 new keys appended (v1), then an incremental run."""
     first, new = D.rows(100, seed=3), D.rows(30, start=5000, seed=3)
     D.write_clean(spark, lake, "incr", first)
     run_infer(spark, lake, D.config(lake, "incr"), "2024-01-01", model_version="mb")
-    before = _predictions(spark, lake, "incr")
-    old_rows = before.collect()
+    old_rows = _predictions(spark, lake, "incr").collect()
     version = D.write_clean(spark, lake, "incr", new)
-
     report = run_infer(spark, lake, D.config(lake, "incr"), "2024-01-02", model_version="mb", incremental=True)
+    return {"old_rows": old_rows, "new": new, "version": version, "report": report}
 
+
+def test_incremental_run_scores_only_new_keys(spark, lake, incremental_run):
+    report = incremental_run["report"]
     assert (report.mode, report.rows_scored, report.rows_inserted, report.rows_updated) == ("incremental", 30, 30, 0)
     after = _predictions(spark, lake, "incr")
-    assertDataFrameEqual(after.where(F.col("logical_date") == "2024-01-01"), old_rows)
-    expected_new = _expected(spark, new, lake.model_dir("flights", "mb"), "mb", version, "2024-01-02", lake, "incr")
+    assertDataFrameEqual(after.where(F.col("logical_date") == "2024-01-01"), incremental_run["old_rows"])
+    expected_new = _expected(spark, incremental_run["new"], lake.model_dir("flights", "mb"), "mb",
+                             incremental_run["version"], "2024-01-02", lake, "incr")
     assertDataFrameEqual(after.where(F.col("logical_date") == "2024-01-02"), expected_new, rtol=1e-6)
     assert report.summary[0]["rows"] == 130  # the summary covers the whole table version
+
+
+def test_incremental_run_with_no_new_keys_writes_nothing(spark, lake, incremental_run):
+    before = _predictions(spark, lake, "incr").collect()
+    report = run_infer(spark, lake, D.config(lake, "incr"), "2024-01-03", model_version="mb", incremental=True)
+    assert (report.rows_scored, report.rows_inserted) == (0, 0)
+    assert report.predictions_version == incremental_run["report"].predictions_version
+    assertDataFrameEqual(_predictions(spark, lake, "incr"), before)
 
 
 @pytest.fixture(scope="module")

@@ -41,10 +41,11 @@ def score_histogram(scores_by_label: Mapping[str, Sequence[float]], path: Path, 
 
 
 def binned_histogram(edges: Sequence[float], counts_by_label: Mapping[str, Sequence[float]], path: Path,
-                     title: str, xlabel: str = "score") -> Path:
+                     title: str, xlabel: str = "score", threshold: float | None = None) -> Path:
     """Distribution from counts already binned (e.g. aggregated in Spark over every row), one series per label.
 
-    Each series is drawn as a density, so a rare label's shape stays visible beside a common one.
+    Each series is drawn as a density, so a rare label's shape stays visible beside a common one;
+    ``threshold`` (the decision threshold) is drawn as a dashed line.
     """
     import numpy as np
 
@@ -55,6 +56,8 @@ def binned_histogram(edges: Sequence[float], counts_by_label: Mapping[str, Seque
         if counts.sum() > 0:
             axis.stairs(counts / (counts.sum() * widths), edges, label=f"{name} (n={int(counts.sum())})",
                         fill=True, alpha=0.5)
+    if threshold is not None:
+        axis.axvline(threshold, linestyle="--", color="grey", label=f"threshold {threshold:g}")
     axis.set(xlabel=xlabel, ylabel="density", title=title)
     axis.legend()
     fig.tight_layout()

@@ -31,6 +31,7 @@ from shardlake.transforms import summary as S
 from shardlake.transforms.clean import SHARD
 
 PLOT_FILE = "score_distribution.png"
+THRESHOLD = 0.5  # a binary model's decision threshold (the map stage's default)
 REPORT_FILE = "report.json"
 # Two scorings of the same row may differ in the last float bits (BLAS blocking depends on the
 # batch a row lands in); only a larger change is a new prediction worth a rewrite.
@@ -111,7 +112,8 @@ def score(model: TabularModel, source: DataFrame, key: Sequence[str], label: str
           quantize: bool = False, fail_on_partition: int | None = None) -> DataFrame:
     """The map stage: the model's transform over the source, keeping key, shard and label."""
     passthrough = [*key, SHARD, *([label] if label else [])]
-    return model.transform(source, passthrough, batch_size, quantize=quantize, fail_on_partition=fail_on_partition)
+    return model.transform(source, passthrough, batch_size, threshold=THRESHOLD, quantize=quantize,
+                           fail_on_partition=fail_on_partition)
 
 
 def newest_version(path: str) -> int | None:
@@ -125,15 +127,19 @@ def newest_version(path: str) -> int | None:
         return None
 
 
-def find_commit(path: str, after: int | None, token: str) -> dict:
-    """The commit after version ``after`` whose metadata carries ``token`` (another writer may have committed too)."""
+def find_commit(path: str, after: int | None, token: str) -> dict | None:
+    """The commit after version ``after`` whose metadata carries ``token`` (another writer may have committed too).
+
+    None when the run committed nothing: Delta skips the commit of an insert-only MERGE with
+    nothing to insert (an incremental run with no new keys).
+    """
     from deltalake import DeltaTable as RsDeltaTable
 
-    newest = RsDeltaTable(path).version()
-    for entry in RsDeltaTable(path).history(newest - (after if after is not None else -1)):
+    table = RsDeltaTable(path)
+    for entry in table.history(table.version() - (after if after is not None else -1)):
         if token in (entry.get("userMetadata") or ""):
             return entry
-    raise InferenceError(f"{path}: no commit of run {token} after v{after}")
+    return None
 
 
 def _key_condition(key: Sequence[str], model_version: str) -> Column:
@@ -253,7 +259,7 @@ def _plot(current: DataFrame, aggregates: list[dict], label: str | None, kind: s
     regression from a seeded sample of at most ``limit`` rows."""
     if kind == "binary":
         edges, series = S.label_histogram(aggregates, label)
-        return plots.binned_histogram(edges, series, path, title)
+        return plots.binned_histogram(edges, series, path, title, threshold=THRESHOLD)
     columns = [SCORE, *([label] if label else [])]
     picked = current.select(*[F.col(c) for c in columns])
     if rows > limit:
@@ -323,7 +329,7 @@ def run_infer(spark: SparkSession, lake: Lake, config: AppConfig, logical_date: 
         state = f"left as it was ({was})" if now == before else f"now at v{now} (was {was})"
         raise InferenceError(f"scoring/writing predictions failed; {path} is {state}; run again to complete it: "
                              f"{_short(err)}") from err
-    commit = find_commit(path, before, token)
+    commit = find_commit(path, before, token) or {"version": newest_version(path), "operationMetrics": {}}
     report.predictions_version = int(commit["version"])
     metrics = commit.get("operationMetrics") or {}
     # A MERGE reports its source and inserted rows; the first write (a WRITE) only its output rows.
