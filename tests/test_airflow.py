@@ -220,11 +220,17 @@ class PipelineRun:
 
 
 _RUN: PipelineRun | None = None
+_RUN_FAILED: str | None = None
 
 
 def pipeline_run(tmp_path_factory) -> PipelineRun:
-    """Run the whole DAG once per test session (tests/test_notebooks.py reads the same lake)."""
-    global _RUN
+    """Run the whole DAG once per test session (tests/test_notebooks.py reads the same lake).
+
+    A failed run is remembered too: the next caller fails at once instead of running it again.
+    """
+    global _RUN, _RUN_FAILED
+    if _RUN_FAILED is not None:
+        pytest.fail(_RUN_FAILED)
     if _RUN is None:
         ensure_airflow_venv()
         root = tmp_path_factory.mktemp("airflow-pipeline")
@@ -236,7 +242,9 @@ def pipeline_run(tmp_path_factory) -> PipelineRun:
         started = time.monotonic()
         result = airflow(env, "dags", "test", DAG_ID, LOGICAL_DATE, "--conf", json.dumps(params))
         seconds = time.monotonic() - started
-        assert result.returncode == 0, tail(result, 12000)
+        if result.returncode != 0:
+            _RUN_FAILED = f"airflow dags test {DAG_ID} failed ({result.returncode}):\n{tail(result, 12000)}"
+            pytest.fail(_RUN_FAILED)
         listed = airflow(env, "tasks", "states-for-dag-run", DAG_ID, RUN_ID, "--output", "json")
         assert listed.returncode == 0, tail(listed)
         table = next(line for line in reversed(listed.stdout.splitlines()) if line.startswith("[{"))
