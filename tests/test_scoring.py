@@ -127,3 +127,13 @@ def test_arrow_batches_are_cut_into_even_pieces(rows, batch_size, expected):
     from shardlake.scoring import even_slices
 
     assert even_slices(rows, batch_size) == expected
+
+
+@pytest.mark.parametrize("addresses, cuda_devices, partition, expected", [
+    ([], 0, 5, "cpu"), (["1"], 0, 5, "cpu"),  # no CUDA: the CPU whatever Spark assigned
+    (["1"], 2, 0, "cuda:1"),  # Spark's GPU assignment wins
+    ([], 2, 5, "cuda:1"), ([], 4, 6, "cuda:2")])  # unassigned tasks spread over the GPUs
+def test_map_task_device(addresses, cuda_devices, partition, expected):
+    from shardlake.scoring import device_for_task
+
+    assert device_for_task(addresses, cuda_devices, partition) == expected

@@ -33,16 +33,38 @@ def prediction_fields(kind: str) -> list[T.StructField]:
     return [T.StructField(PREDICTION, T.DoubleType()), T.StructField(SCORE, T.DoubleType())]
 
 
+def device_for_task(gpu_addresses: Sequence[str], cuda_devices: int, partition: int) -> str:
+    """The device a map task scores on: the GPU Spark assigned to the task (``spark.task.resource.gpu.amount``),
+    else with GPUs but no assignment one chosen by partition (so concurrent tasks spread), else the CPU."""
+    if cuda_devices <= 0:
+        return "cpu"
+    if gpu_addresses:
+        return f"cuda:{int(gpu_addresses[0]) % cuda_devices}"
+    return f"cuda:{max(partition, 0) % cuda_devices}"
+
+
+def task_device():
+    """``device_for_task`` for the running Spark task (the driver, outside a task, counts as partition 0)."""
+    import torch
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    gpus = context.resources().get("gpu") if context is not None else None
+    cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return torch.device(device_for_task(gpus.addresses if gpus else [], cuda_devices,
+                                        context.partitionId() if context is not None else 0))
+
+
 def build_scoring_model(spec: ModelSpec, weights: bytes, device=None, quantize: bool = False):
-    """The model in eval mode on ``device`` (default: a GPU when present); int8 dynamic quantisation runs on the CPU."""
-    from shardlake.models.tabular import default_device, model_from_bytes
+    """The model in eval mode on ``device`` (default: the task's GPU when there is one); int8 runs on the CPU."""
+    from shardlake.models.tabular import model_from_bytes
 
     if quantize:
         from shardlake.quantize import quantize_dynamic_int8
 
         # quantize_dynamic produces CPU kernels only: a quantised model scores on the CPU even beside a GPU.
         return quantize_dynamic_int8(model_from_bytes(spec, weights, "cpu")), _cpu()
-    device = device or default_device()
+    device = device or task_device()
     return model_from_bytes(spec, weights, device), device
 
 
