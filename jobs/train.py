@@ -11,8 +11,9 @@ from shardlake.stages import train
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train on the clean table (one exact version) with Horovod-on-Spark; register the model."""
-    p = common.parser("Train a model on the clean Delta table with Petastorm + Horovod-on-Spark.")
+    """Train on the clean table (one exact version) with the configured backend; register the model."""
+    p = common.parser("Train a model on the clean Delta table with Petastorm and Horovod-on-Spark "
+                      "(or TorchDistributor: train.backend=torch_distributor).")
     p.add_argument("--run-id", default=None, help="resume or name a run (default: derived from config + table version)")
     p.add_argument("--promote", action="store_true", help="promote to production if the metric meets the threshold")
     p.add_argument("--json", action="store_true", help="print the model card summary as JSON")

@@ -18,6 +18,7 @@ from shardlake.config import load_config
 from shardlake.lake import Lake
 from shardlake.stages import train
 from shardlake.training.sample import flights_like_frame, write_clean_table
+from shardlake.training.worker import load_checkpoint
 
 # Horovod's driver thread reports the killed run's Spark job as an unhandled thread exception.
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")]
@@ -135,3 +136,8 @@ def test_the_registry_holds_each_versions_card(spark, runs):
 def test_rows_of_the_registry_point_at_the_model_folders(spark, runs):
     rows = delta_io.read_version(spark, runs["lake"].registry()).select("model_version", F.col("model_dir")).collect()
     assert all((Path(r["model_dir"]) / "model.safetensors").exists() for r in rows)
+
+
+def test_the_learning_rate_is_scaled_with_the_number_of_ranks(runs):
+    state = load_checkpoint(Path(runs["a"]["model_dir"]))
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(2 * runs["a"]["config"]["train"]["learning_rate"])
