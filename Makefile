@@ -14,7 +14,7 @@ export PYTHONWARNINGS ?= ignore::FutureWarning,ignore::DeprecationWarning
 STAMP := $(VENV)/.installed
 INSTALL_INPUTS := constraints.txt requirements.txt requirements-dev.txt setup.py scripts/build_horovod.sh scripts/fetch_jars.sh
 
-.PHONY: install demo test test-fast reliability clean-lake bench help
+.PHONY: install demo test test-fast reliability clean-lake bench help airflow-install airflow
 
 help:
 	@echo "make demo   run ingest -> train -> infer on the flights data into ./lake"
@@ -38,16 +38,28 @@ $(STAMP): $(INSTALL_INPUTS)
 	$(PY) -c "import horovod.torch as hvd, petastorm, delta, torch; assert hvd.gloo_built(), 'horovod without gloo'"
 	touch $(STAMP)
 
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
+
+airflow-install: $(AIRFLOW_STAMP)
+
+# Airflow's own venv from its lock (idempotent: the script keeps a stamp with the lock's hash).
+$(AIRFLOW_STAMP): requirements-airflow.txt scripts/airflow_env.sh
+	PYTHON=$(PYTHON) scripts/airflow_env.sh $(AIRFLOW_VENV)
+
+airflow: install airflow-install   # scheduler + UI on http://localhost:8080
+	scripts/airflow.sh standalone
+
 demo: install
 	$(VENV)/bin/shardlake-pipeline --conf conf/base.yaml
 
-test: install
+test: install airflow-install
 	$(VENV)/bin/pytest
 
-test-fast: install
+test-fast: install airflow-install
 	$(VENV)/bin/pytest -m "not slow"
 
-reliability: install
+reliability: install airflow-install
 	$(VENV)/bin/pytest -m reliability
 
 bench: install

@@ -18,6 +18,8 @@ setup(
             "shardlake-train=jobs.train:main",
             "shardlake-infer=jobs.infer:main",
             "shardlake-pipeline=jobs.pipeline:main",
+            "shardlake-promote=jobs.promote:main",
+            "shardlake-generate=jobs.generate:main",
         ]
     },
 )
