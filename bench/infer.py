@@ -34,7 +34,7 @@ average 7-10 on 2 cores), so single figures move by 2x between runs:
     map stage / limit                            0.30x            0.41x   target >= 0.7x: NOT met
     map stage / row UDF                          425x             224x    target >= 20x: met
 The gap to the limit is Spark's JVM side, not the scoring: Spark only reading the same columns
-(Parquet -> rows -> noop, no Python at all) reaches ~0.6-1.2x the limit, and the Arrow round trip
+(Parquet -> rows -> noop, no Python at all) reaches ~0.7-1.2x the limit, and the Arrow round trip
 to the Python workers and back shares the same 2 cores. mapInPandas was ~3x slower than
 mapInArrow here (Python string objects for the key columns). A prototype that let each task
 read its files with pyarrow (bypassing Spark's reader) was ~1.7x faster than the map stage, still
