@@ -52,8 +52,8 @@ def _print_infer_extras(report, console: Console) -> None:
     console.print(f"mode: {getattr(report, 'mode', 'full')}")
     for name, check in (getattr(report, "comparison", None) or {}).items():
         flag = "[red]drifted[/red]" if check["drifted"] else "ok"
-        console.print(f"  {name}: now {check['now']:.4f}, at test {check['at_test']:.4f}, change {check['change']:+.4f} "
-                      f"(allowed {check['allowed']:.4f}) {flag}")
+        console.print(f"  {name}: now {check['now']:.4f}, at test {check['at_test']:.4f}, "
+                      f"change {check['change']:+.4f} (allowed {check['allowed']:.4f}) {flag}")
     quantization = getattr(report, "quantization", None)
     if quantization:
         table = Table(title=f"int8 dynamic quantisation against float ({quantization['rows']} rows, "

@@ -88,7 +88,8 @@ def arrow_features(batch, spec: ModelSpec) -> dict:
     features = {}
     for name in spec.numeric:
         column = batch.column(name)
-        numeric = pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type)
+        kind = column.type
+        numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
         features[name] = (pc.cast(column, pa.float32(), safe=False).to_numpy(zero_copy_only=False) if numeric
                           else column.to_pandas())
     for name in spec.categorical:
@@ -126,7 +127,10 @@ def _task_threads() -> int:
 
 
 def even_slices(rows: int, batch_size: int) -> list[tuple[int, int]]:
-    """(offset, length) pieces of at most ``batch_size`` rows, as even as possible (10000 -> 2 x 5000, not 8192 + 1808)."""
+    """(offset, length) pieces of at most ``batch_size`` rows, as even as possible.
+
+    10000 rows in batches of 8192 become 2 x 5000, not 8192 + 1808.
+    """
     pieces = max(1, -(-rows // batch_size))
     size = -(-rows // pieces) if rows else 0
     return [(start, min(size, rows - start)) for start in range(0, rows, size)] if rows else []

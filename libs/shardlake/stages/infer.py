@@ -90,7 +90,8 @@ def resolve_card(spark: SparkSession, lake: Lake, dataset: str, model_version: s
             else registry.production_model(spark, registry_path, dataset))
     if card is None:
         wanted = f"model {model_version!r}" if model_version else f"a production model for {dataset!r}"
-        raise InferenceError(f"{registry_path}: no {wanted}; train (and promote) one first, or pass infer.model_version")
+        raise InferenceError(f"{registry_path}: no {wanted}; train (and promote) one first, "
+                             "or pass infer.model_version")
     return dict(card)
 
 
@@ -282,6 +283,44 @@ def _short(err: BaseException) -> str:
     return " ".join(str(err).split())[:600]
 
 
+def _write_run(spark: SparkSession, path: str, predictions: DataFrame, key: Sequence[str], model_version: str,
+               changed_when: str | None, metadata: dict, before: int | None) -> dict:
+    """Write the run's predictions (the map stage runs inside this write); return its commit's history entry.
+
+    On failure, InferenceError says what state the table is in: as it was, unless another writer
+    committed meanwhile.
+    """
+    try:
+        write_predictions(spark, path, predictions, key, model_version, changed_when, metadata)
+    except Exception as err:  # Spark wraps the map task's error; say what state the table is in
+        now = newest_version(path)
+        was = "no table" if before is None else f"v{before}"
+        state = f"left as it was ({was})" if now == before else f"now at v{now} (was {was})"
+        raise InferenceError(f"scoring/writing predictions failed; {path} is {state}; run again to complete it: "
+                             f"{_short(err)}") from err
+    return find_commit(path, before, metadata["run"]) or {"version": newest_version(path), "operationMetrics": {}}
+
+
+def _count_written(report: InferReport, commit: Mapping) -> None:
+    """Rows scored, inserted and updated from the commit's metrics (a first WRITE reports only its output rows)."""
+    metrics = commit.get("operationMetrics") or {}
+    report.predictions_version = int(commit["version"])
+    report.rows_scored = int(metrics.get("numSourceRows", metrics.get("numOutputRows", 0)))
+    report.rows_inserted = int(metrics.get("numTargetRowsInserted", metrics.get("numOutputRows", 0)))
+    report.rows_updated = int(metrics.get("numTargetRowsUpdated", 0))
+
+
+def _reduce(current: DataFrame, label: str | None, kind: str, card: Mapping, tolerance: float,
+            report: InferReport) -> list[dict]:
+    """The reduce stage: per-shard aggregates -> summary, and the comparison with the card's test metrics."""
+    aggregates = [r.asDict() for r in S.shard_aggregates(current, label, kind).collect()]
+    report.summary = S.summarize(aggregates, kind, labelled=label is not None)
+    overall = next((r for r in report.summary if r["scope"] == "overall"), {})
+    report.comparison = S.compare_with_test(overall, card.get("test_metrics", {}), tolerance, kind)
+    report.drift = {k: v for k, v in report.comparison.items() if v["drifted"]}
+    return aggregates
+
+
 def run_infer(spark: SparkSession, lake: Lake, config: AppConfig, logical_date: str,
               model_version: str | None = None, table_version: int | None = None,
               progress: Callable[[str], None] = lambda _m: None, incremental: bool | None = None,
@@ -300,6 +339,8 @@ def run_infer(spark: SparkSession, lake: Lake, config: AppConfig, logical_date: 
     newest = newest_version(table_path)
     if newest is None:
         raise InferenceError(f"{table_path}: no clean table to score; run the ingest first")
+    if table_version is not None and not 0 <= table_version <= newest:
+        raise InferenceError(f"{table_path}: no version {table_version} (versions 0..{newest})")
     version = table_version if table_version is not None else newest
     model = load_model(card)
     written_as = quantize.scored_version(card["model_version"], quantize_model)
@@ -317,47 +358,29 @@ def run_infer(spark: SparkSession, lake: Lake, config: AppConfig, logical_date: 
     progress(f"scoring {table_path}@v{version} with {written_as} ({report.mode})")
     scored = score(model, pending, key, label, settings.batch_size, quantize_model, fail_on_partition)
     predictions = S.with_lineage(scored, written_as, table_path, version, logical_date)
-    token = uuid.uuid4().hex  # names this run's commit in the table's history
     metadata = {"model_version": written_as, "source_table": table_path, "source_version": version,
-                "logical_date": logical_date, "mode": report.mode, "run": token}
-    try:
-        write_predictions(spark, path, predictions, key, written_as,
-                          None if incremental else changed_condition(model.spec.kind, label), metadata)
-    except Exception as err:  # Spark wraps the map task's error; say what state the table is in
-        now = newest_version(path)
-        was = "no table" if before is None else f"v{before}"
-        state = f"left as it was ({was})" if now == before else f"now at v{now} (was {was})"
-        raise InferenceError(f"scoring/writing predictions failed; {path} is {state}; run again to complete it: "
-                             f"{_short(err)}") from err
-    commit = find_commit(path, before, token) or {"version": newest_version(path), "operationMetrics": {}}
-    report.predictions_version = int(commit["version"])
-    metrics = commit.get("operationMetrics") or {}
-    # A MERGE reports its source and inserted rows; the first write (a WRITE) only its output rows.
-    report.rows_scored = int(metrics.get("numSourceRows", metrics.get("numOutputRows", 0)))
-    report.rows_inserted = int(metrics.get("numTargetRowsInserted", metrics.get("numOutputRows", 0)))
-    report.rows_updated = int(metrics.get("numTargetRowsUpdated", 0))
+                "logical_date": logical_date, "mode": report.mode,
+                "run": uuid.uuid4().hex}  # names this run's commit in the table's history
+    changed = None if incremental else changed_condition(model.spec.kind, label)
+    _count_written(report, _write_run(spark, path, predictions, key, written_as, changed, metadata, before))
 
     progress("reducing: per-shard summary")
     current = I.for_source(delta_io.read_version(spark, path, report.predictions_version), source, key, written_as)
-    aggregates = [r.asDict() for r in S.shard_aggregates(current, label, model.spec.kind).collect()]
-    report.summary = S.summarize(aggregates, model.spec.kind, labelled=label is not None)
-    overall = next((r for r in report.summary if r["scope"] == "overall"), {})
-    report.comparison = S.compare_with_test(overall, card.get("test_metrics", {}), settings.drift_tolerance,
-                                            model.spec.kind)
-    report.drift = {k: v for k, v in report.comparison.items() if v["drifted"]}
+    aggregates = _reduce(current, label, model.spec.kind, card, settings.drift_tolerance, report)
 
     run_dir = lake.path(dataset.name, "inference_runs", written_as, f"{logical_date}_v{version}")
     run_dir.mkdir(parents=True, exist_ok=True)
     report.run_dir = str(run_dir)
-    rows = int(overall.get("rows", 0))
+    rows = int(report.summary[0]["rows"]) if report.summary else 0
     if quantize_model:
         progress("comparing the int8 model with the float model")
         report.quantization = _quantization_report(source, model, label, rows, settings.quantize_sample_rows,
                                                    settings.batch_size)
     if rows:
         progress("plotting the score distribution")
-        report.plot = str(_plot(current, aggregates, label, model.spec.kind, rows, settings.plot_sample_rows, run_dir / PLOT_FILE,
-                                f"{written_as} on {dataset.name} clean v{version} ({logical_date})"))
+        title = f"{written_as} on {dataset.name} clean v{version} ({logical_date})"
+        report.plot = str(_plot(current, aggregates, label, model.spec.kind, rows, settings.plot_sample_rows,
+                                run_dir / PLOT_FILE, title))
     _write_summary(spark, lake.table(dataset.name, "inference_summary"), report)
     report.seconds = round(time.monotonic() - started, 2)
     (run_dir / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2, default=str))

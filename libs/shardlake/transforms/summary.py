@@ -164,7 +164,8 @@ def drift(overall: Mapping, test_metrics: Mapping, tolerance: float, kind: str =
     return {k: v for k, v in compare_with_test(overall, test_metrics, tolerance, kind).items() if v["drifted"]}
 
 
-def label_histogram(aggregates: Sequence[Mapping], label: str | None, bins: int = 40) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def label_histogram(aggregates: Sequence[Mapping], label: str | None,
+                    bins: int = 40) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Binary score histogram over [0, 1] in ``bins`` bins from the bucket aggregates: per label value, or all rows.
 
     The plot of every scored row, with no further pass over the data.
