@@ -181,3 +181,8 @@ def test_model_folder_changed_after_registration_is_refused(lake):
     card["model_spec"] = {**card["model_spec"], "mean": {"distance": 1.0, "sched_dep_hour": 13.0}}
     with pytest.raises(InferenceError, match="differs from the one on the model card"):
         load_model(card)
+
+
+def test_a_table_version_that_does_not_exist_is_refused(spark, lake, full_run):
+    with pytest.raises(InferenceError, match="no version 5"):
+        run_infer(spark, lake, D.config(lake, "full"), "2024-01-01", model_version="mb", table_version=5)
