@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), default=str))
     else:
-        print_ingest(report, Console())
+        print_ingest(report, Console(width=140))
     return 0
 
 

@@ -1,4 +1,9 @@
-"""Delta table writes and reads with the guarantees jobs rely on: idempotent, versioned, exact."""
+"""Delta table writes and reads with the guarantees jobs rely on: idempotent, versioned, exact.
+
+Commits are the expensive part of small Delta writes (each one reloads the table's snapshot), so
+a new table is created with its CHECK constraints in one commit, and a write into an empty table
+is a plain append rather than a MERGE.
+"""
 from __future__ import annotations
 
 import json
@@ -10,6 +15,8 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+
+CONSTRAINT_PREFIX = "delta.constraints."
 
 
 class SchemaChangeError(ValueError):
@@ -34,8 +41,9 @@ def read_version(spark: SparkSession, path: str, version: int | None = None) -> 
 
 
 def commit_metrics(spark: SparkSession, path: str, version: int) -> dict[str, str]:
-    """operationMetrics of one commit (e.g. numSourceRows of a MERGE)."""
-    row = DeltaTable.forPath(spark, path).history().where(F.col("version") == version).select("operationMetrics").first()
+    """operationMetrics of one commit (e.g. numSourceRows of a MERGE, numOutputRows of a WRITE)."""
+    history = DeltaTable.forPath(spark, path).history()
+    row = history.where(F.col("version") == version).select("operationMetrics").first()
     return dict(row[0] or {}) if row else {}
 
 
@@ -48,6 +56,45 @@ def _schema_diff(existing: T.StructType, incoming: T.StructType) -> list[str]:
     return changes
 
 
+def check_schema(spark: SparkSession, path: str, schema: T.StructType,
+                 allow_evolution: bool = False) -> list[T.StructField]:
+    """Compare incoming data with an existing table; return the new columns evolution would add.
+
+    Refused (SchemaChangeError, naming every difference) unless identical, or, with evolution
+    allowed, only new columns: a dropped column or a changed type is refused either way, since
+    Delta cannot apply it without rewriting the table.
+    """
+    existing = DeltaTable.forPath(spark, path).toDF().schema
+    changes = _schema_diff(existing, schema)
+    if not changes:
+        return []
+    have = set(existing.fieldNames())
+    added = [f for f in schema.fields if f.name not in have]
+    if allow_evolution and len(added) == len(changes):
+        return added
+    advice = ("only added columns can evolve; a dropped column or a changed type needs a new table"
+              if allow_evolution else "Set allow_schema_evolution: true in the dataset config to accept new columns")
+    raise SchemaChangeError(f"{path}: incoming schema differs from the table: {'; '.join(changes)}. {advice}.")
+
+
+def table_constraints(spark: SparkSession, path: str) -> dict[str, str]:
+    """CHECK constraints of a table, name -> SQL expression."""
+    properties = DeltaTable.forPath(spark, path).detail().select("properties").first()[0] or {}
+    return {k[len(CONSTRAINT_PREFIX):]: v for k, v in properties.items() if k.startswith(CONSTRAINT_PREFIX)}
+
+
+def _sync_constraints(spark: SparkSession, path: str, wanted: Mapping[str, str]) -> None:
+    """Make the table's CHECK constraints the declared ones; commits only for those that changed."""
+    current = table_constraints(spark, path)
+    wanted = {k.lower(): v for k, v in wanted.items()}
+    for name, expression in current.items():
+        if wanted.get(name) != expression:
+            spark.sql(f"ALTER TABLE delta.`{path}` DROP CONSTRAINT {name}")
+    for name, expression in wanted.items():
+        if current.get(name) != expression:
+            spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {name} CHECK ({expression})")
+
+
 def ensure_table(
     spark: SparkSession,
     path: str,
@@ -55,23 +102,34 @@ def ensure_table(
     partition_by: Sequence[str] = (),
     constraints: Mapping[str, str] | None = None,
     allow_evolution: bool = False,
-) -> None:
-    """Create the table if missing (with CHECK constraints); refuse an incompatible schema otherwise."""
+) -> bool:
+    """Create the table if missing, CHECK constraints included, in one commit; True if it was created.
+
+    An existing table must match ``schema`` (see ``check_schema``); allowed new columns are added
+    (one commit) and, when ``constraints`` is given, its constraints are brought in line with it
+    (commits only for changes; adding one validates the rows already there).
+    """
     if table_exists(spark, path):
-        existing = DeltaTable.forPath(spark, path).toDF().schema
-        changes = _schema_diff(existing, schema)
-        if changes and not allow_evolution:
-            raise SchemaChangeError(
-                f"{path}: incoming schema differs from the table: {'; '.join(changes)}. "
-                "Set allow_schema_evolution: true in the dataset config to accept it."
-            )
-        return
+        added = check_schema(spark, path, schema, allow_evolution)
+        if added:
+            columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in added)
+            spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({columns})")
+        if constraints is not None:
+            _sync_constraints(spark, path, constraints)
+        return False
     builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
     if partition_by:
         builder = builder.partitionedBy(*partition_by)
-    builder.execute()
+    # Constraints given as table properties at creation: one commit instead of one per constraint.
     for name, expression in (constraints or {}).items():
-        spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {name} CHECK ({expression})")
+        builder = builder.property(f"{CONSTRAINT_PREFIX}{name.lower()}", expression)
+    builder.execute()
+    return True
+
+
+def is_empty(spark: SparkSession, path: str) -> bool:
+    """True when the table's latest snapshot holds no data file."""
+    return DeltaTable.forPath(spark, path).detail().select("numFiles").first()[0] == 0
 
 
 @contextmanager
@@ -89,6 +147,12 @@ def commit_metadata(spark: SparkSession, metadata: Mapping[str, object]) -> Iter
             spark.conf.set(key, previous)
 
 
+def append(spark: SparkSession, path: str, source: DataFrame) -> int:
+    """Append ``source`` (schema enforced, constraints checked by Delta); returns the new version."""
+    source.write.format("delta").mode("append").save(path)
+    return latest_version(spark, path)
+
+
 def merge_by_key(
     spark: SparkSession,
     path: str,
@@ -100,10 +164,14 @@ def merge_by_key(
 ) -> int:
     """MERGE ``source`` into the table on ``key``: insert new keys, update changed rows, never duplicate.
 
-    ``prune_on`` lists partition columns that are functions of the key, added to the condition so
-    Delta touches only the partitions the source hits. ``changed_when`` (SQL on t./s.) limits
-    updates to rows whose content differs, so a re-run rewrites nothing. Returns the new version.
+    ``source`` must be unique on ``key``. ``prune_on`` lists partition columns that are functions
+    of the key, added to the condition so Delta touches only the partitions the source hits.
+    ``changed_when`` (SQL on t./s.) limits updates to rows whose content differs, so a re-run
+    rewrites nothing. Into an empty table this is a plain append (same result, no join).
+    Returns the new version.
     """
+    if is_empty(spark, path):
+        return append(spark, path, source)
     condition = " AND ".join(f"t.`{c}` <=> s.`{c}`" for c in [*prune_on, *key])
     merge = DeltaTable.forPath(spark, path).alias("t").merge(source.alias("s"), condition)
     if update:
@@ -112,7 +180,50 @@ def merge_by_key(
     return latest_version(spark, path)
 
 
-def snapshot_files(path: str, version: int, partition_filters: Sequence[tuple[str, str, str]] | None = None) -> list[str]:
+def written_rows(spark: SparkSession, path: str, version: int) -> int:
+    """Rows the commit at ``version`` took from its source: a MERGE's source rows, a WRITE's output rows."""
+    metrics = commit_metrics(spark, path, version)
+    for name in ("numSourceRows", "numOutputRows"):
+        if name in metrics:
+            return int(metrics[name])
+    return -1
+
+
+def restore(spark: SparkSession, path: str, version: int) -> None:
+    """Put the table back to ``version`` (a new commit with that version's content), if it moved on."""
+    if latest_version(spark, path) != version:
+        spark.sql(f"RESTORE TABLE delta.`{path}` TO VERSION AS OF {version}")
+
+
+def optimize(spark: SparkSession, path: str) -> int:
+    """Compact small files (OPTIMIZE); returns the version afterwards."""
+    spark.sql(f"OPTIMIZE delta.`{path}`")
+    return latest_version(spark, path)
+
+
+def partition_row_counts(spark: SparkSession, path: str, version: int, column: str) -> dict[str, int]:
+    """Rows per value of a partition column in one version, from the Delta log's file statistics.
+
+    No data file is opened; if a file lacks statistics, the rows are counted with Spark instead.
+    """
+    import pyarrow as pa
+    from deltalake import DeltaTable as RsDeltaTable
+
+    actions = pa.table(RsDeltaTable(path, version=version).get_add_actions(flatten=True))
+    counts: dict[str, int] = {}
+    if actions.num_rows == 0:
+        return counts
+    if actions.column("num_records").null_count == 0:
+        for value, records in zip(actions.column(f"partition.{column}").to_pylist(),
+                                  actions.column("num_records").to_pylist()):
+            counts[str(value)] = counts.get(str(value), 0) + int(records)
+        return counts
+    rows = read_version(spark, path, version).groupBy(column).count().collect()
+    return {str(r[column]): int(r["count"]) for r in rows}
+
+
+def snapshot_files(path: str, version: int,
+                   partition_filters: Sequence[tuple[str, str, str]] | None = None) -> list[str]:
     """Exact data files of one table version (optionally one partition), via the Delta log.
 
     A Delta folder also holds files that later versions removed (until VACUUM), so readers such as

@@ -2,6 +2,9 @@
 
 Every source becomes one DataFrame of raw records (``_raw`` text plus ``_source_file``), so that
 parsing, and the capture of rows that do not parse, happen in pure transforms afterwards.
+Before anything is read, each file's own schema (CSV header, Parquet schema, first JSON record)
+is compared with the declared columns: a changed source is refused here, with the file named,
+unless the dataset allows schema evolution.
 """
 from __future__ import annotations
 
@@ -10,8 +13,10 @@ import glob
 import hashlib
 import importlib.util
 import io
+import json
 import shutil
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,18 +24,21 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+UTF8 = ("utf-8", "utf8")
+# A separator that never occurs in text, so the CSV reader hands over whole lines (see _read_lines).
+_LINE_SEP = "\u0001\u0002\u0003"
+
 
 class SourceError(ValueError):
     """A source that cannot be read as declared: the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
-class ResolvedSource:
-    files: list[Path]
-    format: str
-    delimiter: str
-    header: bool
-    encoding: str
+class SourceGroup:
+    """Files that share one record layout: ``names`` are their fields in file order."""
+
+    names: tuple[str, ...]
+    files: tuple[Path, ...]
 
 
 def _package_path(path: str) -> Path:
@@ -42,12 +50,12 @@ def _package_path(path: str) -> Path:
 
 
 def resolve_files(path: str, base_dir: Path) -> list[Path]:
-    """Expand a source path (package://, relative to base_dir, or a glob) into existing files."""
+    """Expand a source path (package://, relative to base_dir, a folder or a glob) into existing files."""
     target = _package_path(path) if path.startswith("package://") else Path(path)
     if not target.is_absolute():
         target = base_dir / target
     if any(ch in str(target) for ch in "*?["):
-        files = sorted(Path(p) for p in glob.glob(str(target)))
+        files = sorted(Path(p) for p in glob.glob(str(target)) if Path(p).is_file())
     elif target.is_dir():
         files = sorted(p for p in target.iterdir() if p.is_file() and not p.name.startswith((".", "_")))
     else:
@@ -94,55 +102,169 @@ def materialise(files: list[Path], compression: str, staging_root: Path) -> list
     return out
 
 
-def read_header(path: Path, delimiter: str, encoding: str) -> list[str]:
-    """Column names from a CSV file's first line; an empty file has none."""
+def _first_line(path: Path, encoding: str) -> str:
     with path.open("r", encoding=encoding, errors="replace", newline="") as handle:
-        first = handle.readline()
+        return handle.readline().rstrip("\r\n")
+
+
+def read_header(path: Path, delimiter: str, encoding: str) -> list[str]:
+    """Column names from a CSV file's first line (a UTF-8 byte-order mark is ignored); empty file: none."""
+    first = _first_line(path, encoding).lstrip("\ufeff")
     if not first.strip():
         return []
     return [name.strip() for name in next(csv.reader(io.StringIO(first), delimiter=delimiter))]
 
 
+def _changed(path: Path, found: Sequence[str], expected: Sequence[str], allow_evolution: bool, what: str) -> None:
+    """Refuse ``found`` fields unless they equal ``expected`` or evolution allows added/reordered ones.
+
+    A declared column missing from the file is refused even with evolution: the declared schema
+    could not be filled.
+    """
+    if list(found) == list(expected):
+        return
+    missing = [c for c in expected if c not in found]
+    extra = [c for c in found if c not in expected]
+    if allow_evolution and not missing:
+        return
+    change = "; ".join(part for part in (
+        f"missing {missing}" if missing else "",
+        f"unexpected {extra}" if extra else "",
+        "same columns in another order" if not (missing or extra) else "",
+    ) if part)
+    hint = ("a declared column is missing, which evolution cannot fill" if allow_evolution and missing
+            else "declare the new columns in the dataset's columns, or set allow_schema_evolution: true")
+    raise SourceError(f"{path}: source schema changed: {what} {list(found)} differs from the declared "
+                      f"columns {list(expected)}: {change}. Refused: {hint}.")
+
+
 def check_csv_headers(files: list[Path], expected: list[str], delimiter: str, encoding: str,
-                      allow_evolution: bool) -> None:
-    """Refuse a CSV source whose header differs from the declared columns (a schema change)."""
+                      allow_evolution: bool) -> list[SourceGroup]:
+    """Group CSV files by header; refuse a header that differs from the declared columns (a schema change).
+
+    With evolution allowed, files with extra or reordered columns are accepted and read by name.
+    """
+    groups: dict[tuple[str, ...], list[Path]] = {}
     for path in files:
         if path.stat().st_size == 0:
             continue
         header = read_header(path, delimiter, encoding)
-        if header == expected:
+        if not header:
             continue
-        missing = [c for c in expected if c not in header]
-        extra = [c for c in header if c not in expected]
-        if allow_evolution and not missing:
-            continue
-        if len(header) == 1 and len(expected) > 1:
+        if len(header) == 1 and len(expected) > 1 and header != expected:
             raise SourceError(
                 f"{path}: header has 1 column with delimiter {delimiter!r}: wrong delimiter? "
                 f"expected columns {expected}"
             )
-        raise SourceError(
-            f"{path}: source schema changed: header {header} differs from the declared columns; "
-            f"missing {missing}, unexpected {extra}, order {'differs' if not (missing or extra) else 'n/a'}. "
-            "Update the dataset's columns (and set allow_schema_evolution) to accept it."
-        )
+        _changed(path, header, expected, allow_evolution, "header")
+        groups.setdefault(tuple(header), []).append(path)
+    return [SourceGroup(names, tuple(paths)) for names, paths in groups.items()]
 
 
-def read_raw_records(spark: SparkSession, files: list[Path], fmt: str, header: bool) -> DataFrame:
-    """Raw records as (_raw string, _source_file string, _line bigint)."""
-    uris = [f.resolve().as_uri() for f in files if f.stat().st_size > 0]
+# Parquet physical types each declared type accepts without a schema change.
+_PARQUET_KINDS = {
+    "string": ("string", "large_string"),
+    "int": ("int8", "int16", "int32", "uint8", "uint16"),
+    "bigint": ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32"),
+    "double": ("float", "double", "halffloat", "int8", "int16", "int32"),
+    "float": ("float", "halffloat"),
+    "boolean": ("bool",),
+    "date": ("date32", "date32[day]", "date64"),
+    "timestamp": ("timestamp",),
+}
+
+
+def check_parquet_schemas(files: list[Path], columns: Sequence[tuple[str, str]], allow_evolution: bool) -> None:
+    """Refuse Parquet files whose columns or column types differ from the declared ones.
+
+    With evolution allowed, extra columns and other types pass (values are then cast, row by
+    row, and those that do not convert are quarantined as type errors).
+    """
+    import pyarrow.parquet as pq
+
+    declared = dict(columns)
+    for path in files:
+        schema = pq.read_schema(path)
+        _changed(path, schema.names, list(declared), allow_evolution, "schema")
+        if allow_evolution:
+            continue
+        for field in schema:
+            kind = str(field.type)
+            accepted = _PARQUET_KINDS[declared[field.name]]
+            if not any(kind == a or kind.startswith(a + "[") for a in accepted):
+                raise SourceError(
+                    f"{path}: source schema changed: column {field.name} is {kind} in the file, declared "
+                    f"{declared[field.name]}. Refused: fix the declared type, or set allow_schema_evolution: "
+                    "true to cast it row by row."
+                )
+
+
+def check_json_fields(files: list[Path], expected: list[str], encoding: str, allow_evolution: bool) -> None:
+    """Refuse JSON-lines files whose first record has fields that are not declared.
+
+    Missing fields and another field order are not a change: JSON writers commonly leave out
+    null fields, and fields are read by name.
+    """
+    for path in files:
+        if path.stat().st_size == 0:
+            continue
+        try:
+            first = json.loads(_first_line(path, encoding).lstrip("\ufeff"))
+        except ValueError:
+            continue  # a first line that is not JSON is quarantined as malformed, like any other
+        extra = [k for k in first if k not in expected] if isinstance(first, dict) else []
+        if extra and not allow_evolution:
+            raise SourceError(
+                f"{path}: source schema changed: the first record has undeclared fields {extra} "
+                f"(declared columns {expected}). Refused: declare them in the dataset's columns, "
+                "or set allow_schema_evolution: true to ignore them."
+            )
+
+
+def layout(files: list[Path], fmt: str, columns: Sequence[tuple[str, str]], delimiter: str, header: bool,
+           encoding: str, allow_evolution: bool) -> list[SourceGroup]:
+    """Check every file's schema against the declared columns and group files by record layout."""
+    names = [n for n, _ in columns]
+    if fmt == "csv" and header:
+        return check_csv_headers(files, names, delimiter, encoding, allow_evolution)
+    if fmt == "parquet":
+        check_parquet_schemas(files, columns, allow_evolution)
+    elif fmt == "json":
+        check_json_fields(files, names, encoding, allow_evolution)
+    return [SourceGroup(tuple(names), tuple(files))]
+
+
+def _read_lines(spark: SparkSession, uris: list[str], encoding: str) -> DataFrame:
+    """Text lines of the files as ``value``, decoded from ``encoding``.
+
+    Spark's text source only decodes UTF-8; for other encodings the CSV source (which decodes
+    any charset) is told to use a separator and quote that never occur, so each line is one field.
+    """
+    if encoding.lower() in UTF8:
+        return spark.read.text(uris)
+    return (spark.read.schema("value STRING").option("encoding", encoding).option("sep", _LINE_SEP)
+            .option("quote", "").option("escape", "").option("header", "false")
+            .option("ignoreLeadingWhiteSpace", "false").option("ignoreTrailingWhiteSpace", "false")
+            .csv(uris))
+
+
+def read_raw_records(spark: SparkSession, files: Sequence[Path], fmt: str, header: bool,
+                     encoding: str = "UTF-8") -> DataFrame:
+    """Raw records as (_raw string, _source_file string): one per line, or one JSON per Parquet row."""
+    present = [f for f in files if f.stat().st_size > 0]
+    uris = [f.resolve().as_uri() for f in present]
     schema = T.StructType([T.StructField("_raw", T.StringType()), T.StructField("_source_file", T.StringType())])
     if not uris:
         return spark.createDataFrame([], schema)
     if fmt == "parquet":
         df = spark.read.parquet(*uris)
         return df.select(F.to_json(F.struct(*df.columns)).alias("_raw"), F.input_file_name().alias("_source_file"))
-    lines = spark.read.text(uris).select(F.col("value").alias("_raw"), F.input_file_name().alias("_source_file"))
+    lines = _read_lines(spark, uris, encoding).select(F.col("value").alias("_raw"),
+                                                      F.input_file_name().alias("_source_file"))
     if fmt == "csv" and header:
-        # The first line of each file is its header; only it has the file's first byte offset,
-        # which the text source does not expose, so drop lines equal to that file's header text.
-        headers = {f.resolve().as_uri(): f.open("r", errors="replace").readline().rstrip("\r\n") for f in files
-                   if f.stat().st_size > 0}
+        # The first line of each file is its header; the text source does not expose line
+        # numbers, so drop the lines equal to that file's header text.
+        headers = {f.resolve().as_uri(): _first_line(f, encoding) for f in present}
         header_map = F.create_map(*[x for uri, h in headers.items() for x in (F.lit(uri), F.lit(h))])
         lines = lines.where(F.col("_raw") != F.coalesce(header_map[F.col("_source_file")], F.lit("\u0000")))
     return lines.where(F.length(F.trim(F.col("_raw"))) > 0)

@@ -1,10 +1,41 @@
-"""The ingest stage: raw source -> clean, sharded Delta table plus a quarantine, with exact accounting."""
+"""The ingest stage: raw source -> clean, sharded Delta table plus a quarantine, with exact accounting.
+
+The plan, and why it is shaped this way (the cost is in passes over the data and in Delta commits):
+
+1. Source files are checked against the declared schema (a changed source is refused before any
+   Spark job), read as raw text, parsed, joined, derived, checked against every rule, and given
+   a shard and a split. All of this is one narrow pipeline.
+2. One window over (split, shard, key) marks each row clean / invalid / duplicate / superseded.
+   It needs the only shuffle of the run: a hash exchange on (shard, key).
+3. The marked rows are cached and one aggregation computes every count of the report (rows
+   read, per fate, per rule) and the fill statistics of the training split. In fail_fast mode
+   the first bad row raises inside this pass, before any table exists or changes.
+4. The quarantine and the clean rows are written from the cache: a plain append when the table
+   is empty, else a MERGE by key that rewrites only rows whose content changed (idempotent).
+   The window's sort order is already (split, shard, ...), so the partitioned write does not sort.
+5. What Delta recorded is checked against the counts (rows read = clean + quarantined +
+   duplicates removed, and each table got exactly its rows); on any failure both tables are
+   restored to their versions before the run.
+6. Rows per shard come from the Delta log (no scan); feature statistics of the training split
+   of the new version are stored with the run in the ``ingest_runs`` table.
+
+The clean table is partitioned by (split, shard). Split first: training reads one split's
+files (``snapshot_files`` with a split filter) and never lists the others. Shard second: it is
+``pmod(xxhash64(key), shards)``, a pure function of the key, so a MERGE condition that names it
+prunes to the partitions a batch can touch, a shard can be read, compacted or rebuilt alone, and
+the key window of a re-run finds each key's rows in one partition. The number of partitions is
+therefore fixed by configuration (3 x shards) and does not grow with the data.
+"""
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import reduce
 from pathlib import Path
 
 from pyspark import StorageLevel
@@ -17,9 +48,11 @@ from shardlake.config import DatasetSpec, JoinSpec, SourceSpec
 from shardlake.lake import Lake
 from shardlake.transforms import clean as C
 from shardlake.transforms import parse as P
-from shardlake.transforms.stats import FeatureStats, fit_feature_stats, fit_fill_values, training_rows
+from shardlake.transforms.stats import (FeatureStats, fill_aggregates, fill_values_from, fit_feature_stats,
+                                        is_training, training_rows)
 
-SUPERSEDED = "superseded_by_newer_key"
+SUPERSEDED = C.SUPERSEDED_RULE
+log = logging.getLogger(__name__)
 
 
 class IngestError(RuntimeError):
@@ -43,30 +76,56 @@ class IngestReport:
     fill_values: dict[str, object] = field(default_factory=dict)
     feature_stats: dict = field(default_factory=dict)
     seconds: float = 0.0
+    invalid: int = 0
+    superseded: int = 0
+    write_mode: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _read_source(spark: SparkSession, source: SourceSpec, names: list[str], lake: Lake, base_dir: Path,
-                 allow_evolution: bool) -> DataFrame:
-    files = sources.materialise(sources.resolve_files(source.path, base_dir), source.compression, lake.staging())
-    if source.format == "csv" and source.header:
-        sources.check_csv_headers(files, names, source.delimiter, source.encoding, allow_evolution)
-    return sources.read_raw_records(spark, files, source.format, source.header)
-
-
-def parse_records(raw: DataFrame, source: SourceSpec, columns: list[tuple[str, str]]) -> DataFrame:
-    """Raw records to declared, typed columns plus ``_parse_errors``."""
-    fields = P.split_fields(raw, [n for n, _ in columns], source.format, source.delimiter)
+def parse_records(raw: DataFrame, source: SourceSpec, columns: list[tuple[str, str]],
+                  names: list[str] | None = None) -> DataFrame:
+    """Raw records to declared, typed columns plus ``_parse_errors``; ``names``: the records' own fields."""
+    declared = [n for n, _ in columns]
+    fields = P.split_fields(raw, names or declared, source.format, source.delimiter, keep=declared)
     return P.cast_columns(fields, columns, source.null_values)
 
 
-def _read_join(spark: SparkSession, join: JoinSpec, lake: Lake, base_dir: Path) -> DataFrame:
-    raw = _read_source(spark, join.source, [c.name for c in join.columns], lake, base_dir, False)
-    parsed = parse_records(raw, join.source, [(c.name, c.type) for c in join.columns])
+def read_parsed(spark: SparkSession, source: SourceSpec, columns: list[tuple[str, str]], lake: Lake,
+                base_dir: Path, allow_evolution: bool) -> DataFrame:
+    """Check the source files' schemas, read them as raw records and parse them (one layout at a time)."""
+    files = sources.materialise(sources.resolve_files(source.path, base_dir), source.compression, lake.staging())
+    groups = sources.layout(files, source.format, columns, source.delimiter, source.header, source.encoding,
+                            allow_evolution) or [sources.SourceGroup(tuple(n for n, _ in columns), ())]
+    parts = [parse_records(sources.read_raw_records(spark, g.files, source.format, source.header, source.encoding),
+                           source, columns, list(g.names)) for g in groups]
+    return reduce(DataFrame.unionByName, parts)
+
+
+def join_table(parsed: DataFrame, join: JoinSpec) -> DataFrame:
+    """A parsed join source reduced to its rows without parse errors, unique on its join keys.
+
+    Give it a cached ``parsed``: without that barrier the optimizer pushes the "parsed without
+    error" filter below the parse and inlines the CSV parser into it once per column it checks
+    (dozens of parses per line; this was most of the join's cost).
+    """
     usable = parsed.where(F.size(F.col(P.PARSE_ERRORS)) == 0).drop(*P.RAW_COLUMNS, P.PARSE_ERRORS)
     return C.unique_by(usable, list(join.keys.values())) if join.dedupe else usable
+
+
+@contextmanager
+def _cached(df: DataFrame) -> Iterator[DataFrame]:
+    """``df`` persisted (memory, spilling to disk) for the block, released afterwards."""
+    cached = df.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        yield cached
+    finally:
+        cached.unpersist()
+
+
+def _required(spec: DatasetSpec) -> list[str]:
+    return list(dict.fromkeys([*spec.key, *spec.rules.required]))
 
 
 def flag_records(parsed: DataFrame, spec: DatasetSpec, joins: list[tuple[JoinSpec, DataFrame]]) -> DataFrame:
@@ -78,7 +137,7 @@ def flag_records(parsed: DataFrame, spec: DatasetSpec, joins: list[tuple[JoinSpe
     rules = spec.rules
     df = C.flag_violations(
         df,
-        required=[*spec.key, *rules.required],
+        required=_required(spec),
         ranges={c: (r.min, r.max) for c, r in rules.ranges.items()},
         allowed=rules.allowed,
         patterns=rules.patterns,
@@ -90,31 +149,46 @@ def flag_records(parsed: DataFrame, spec: DatasetSpec, joins: list[tuple[JoinSpe
 
 def clean_schema(flagged: DataFrame) -> list[str]:
     """Data columns of the clean table, in order (raw text and bookkeeping excluded)."""
-    return [c for c in flagged.columns if c not in (*P.RAW_COLUMNS, C.VIOLATIONS)]
+    return [c for c in flagged.columns if c not in (*P.RAW_COLUMNS, C.VIOLATIONS, C.FATE)]
 
 
-def _rule_counts(flagged: DataFrame) -> tuple[int, int, dict[str, int]]:
-    """Rows read, rows breaking any rule, and rows caught per rule (a row may break several)."""
-    totals = flagged.agg(F.count(F.lit(1)).alias("rows"),
-                         F.count(F.when(F.size(C.VIOLATIONS) > 0, 1)).alias("invalid")).first()
-    per_rule = flagged.select(F.explode(F.col(C.VIOLATIONS)).alias("rule")).groupBy("rule").count().collect()
-    counts = {r["rule"]: int(r["count"]) for r in sorted(per_rule, key=lambda r: r["rule"])}
-    return int(totals["rows"]), int(totals["invalid"]), counts
+def all_rule_names(spec: DatasetSpec) -> list[str]:
+    """Every rule name a row of this dataset can break (parse, type and declared rules)."""
+    rules = spec.rules
+    return [P.MALFORMED, P.ENCODING, *[f"type:{c}" for c in spec.column_names],
+            *C.rule_names(_required(spec), rules.ranges, rules.allowed, rules.patterns, rules.finite)]
 
 
-def _constraints(spec: DatasetSpec) -> dict[str, str]:
+def _sql_string(value: str) -> str:
+    """A Spark SQL string literal (backslashes and quotes escaped)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def table_constraints(spec: DatasetSpec) -> dict[str, str]:
+    """Delta CHECK constraints of the clean table: the declared rules as table invariants.
+
+    Delta then refuses any write (this job's or another's) that would break them.
+    """
+    rules = spec.rules
     checks = {
         "shard_in_range": f"{C.SHARD} >= 0 AND {C.SHARD} < {spec.shards}",
         "split_known": f"{C.SPLIT} IN ('train', 'validation', 'test')",
     }
-    checks["key_not_null"] = " AND ".join(f"{k} IS NOT NULL" for k in spec.key)
-    for column, bounds in spec.rules.ranges.items():
-        if column in spec.column_names:
-            if bounds.min is not None:
-                checks[f"{column}_min"] = f"{column} IS NULL OR {column} >= {bounds.min}"
-            if bounds.max is not None:
-                checks[f"{column}_max"] = f"{column} IS NULL OR {column} <= {bounds.max}"
-    return checks
+    for column in _required(spec):
+        checks[f"required_{column}"] = f"{column} IS NOT NULL"
+    for column, bounds in rules.ranges.items():
+        parts = ([f"{column} >= {bounds.min}"] if bounds.min is not None else []) + \
+                ([f"{column} <= {bounds.max}"] if bounds.max is not None else [])
+        if parts:
+            checks[f"range_{column}"] = f"{column} IS NULL OR ({' AND '.join(parts)})"
+    for column, values in rules.allowed.items():
+        checks[f"allowed_{column}"] = f"{column} IS NULL OR {column} IN ({', '.join(_sql_string(v) for v in values)})"
+    for column, pattern in rules.patterns.items():
+        checks[f"pattern_{column}"] = f"{column} IS NULL OR {column} RLIKE {_sql_string(pattern)}"
+    for column in rules.finite:
+        checks[f"finite_{column}"] = (f"{column} IS NULL OR (NOT isnan({column}) "
+                                      f"AND abs({column}) < double('Infinity'))")
+    return {name.lower(): expression for name, expression in checks.items()}
 
 
 QUARANTINE_SCHEMA = T.StructType([
@@ -134,29 +208,140 @@ def shard_skew(counts: dict[int, int]) -> float:
     return max(counts.values()) / mean if mean else 0.0
 
 
-def _check_accounting(spark: SparkSession, report: IngestReport, clean_path: str, quarantine_path: str,
-                      clean_source_rows: int, quarantine_source_rows: int) -> None:
-    """rows read = clean + quarantined + duplicates, both as counted and as Delta's MERGE recorded it."""
-    merged_clean = int(delta_io.commit_metrics(spark, clean_path, report.table_version).get("numSourceRows", -1))
-    merged_quarantine = int(delta_io.commit_metrics(spark, quarantine_path, report.quarantine_version)
-                            .get("numSourceRows", -1))
-    counted = report.clean_rows + report.quarantined + report.duplicates_removed
-    if counted != report.rows_read or (merged_clean, merged_quarantine) != (clean_source_rows, quarantine_source_rows):
+def _accounting(marked: DataFrame, rule_names: list[str], fill_spec: dict) -> dict:
+    """One aggregation for the whole report: rows per fate, rows per broken rule, fill statistics.
+
+    Fill statistics use the clean rows of the training split only, so nothing is learnt from
+    validation or test rows.
+    """
+    fate = F.col(C.FATE)
+    aggs = [F.count(F.lit(1)).alias("rows")]
+    aggs += [F.count(F.when(fate == F.lit(name), 1)).alias(f"fate:{name}")
+             for name in (C.CLEAN, C.INVALID, C.DUPLICATE, C.SUPERSEDED)]
+    aggs += [F.count(F.when(F.array_contains(F.col(C.VIOLATIONS), rule), 1)).alias(f"rule:{rule}")
+             for rule in rule_names]
+    aggs += fill_aggregates(fill_spec, where=(fate == F.lit(C.CLEAN)) & is_training())
+    return marked.agg(*aggs).first().asDict()
+
+
+def _fail_fast_message(err: Exception) -> str | None:
+    """The message of a fail_fast abort raised inside a Spark job, else None."""
+    found = re.search(re.escape(C.FAIL_FAST_MARK) + r"[^\n]*", str(err))
+    return found.group(0) if found else None
+
+
+def _fill_report(report: IngestReport, row: dict, spec: DatasetSpec, fill_spec: dict) -> None:
+    report.rows_read = int(row["rows"])
+    report.clean_rows = int(row[f"fate:{C.CLEAN}"])
+    report.invalid = int(row[f"fate:{C.INVALID}"])
+    report.superseded = int(row[f"fate:{C.SUPERSEDED}"])
+    report.duplicates_removed = int(row[f"fate:{C.DUPLICATE}"])
+    report.quarantined = report.invalid + report.superseded
+    report.rule_counts = {r: int(row[f"rule:{r}"]) for r in all_rule_names(spec) if row[f"rule:{r}"]}
+    if report.superseded:
+        report.rule_counts[SUPERSEDED] = report.superseded
+    report.fill_values = fill_values_from(row, fill_spec)
+
+
+def _check_counts(report: IngestReport) -> None:
+    """rows read = clean + quarantined + duplicates removed, exactly."""
+    if report.clean_rows + report.quarantined + report.duplicates_removed != report.rows_read:
         raise IngestError(
-            f"accounting mismatch: read {report.rows_read}, clean {report.clean_rows} (merged {merged_clean}), "
-            f"quarantined {report.quarantined} (merged {merged_quarantine}), duplicates {report.duplicates_removed}"
+            f"accounting mismatch: read {report.rows_read} != clean {report.clean_rows} + quarantined "
+            f"{report.quarantined} + duplicates {report.duplicates_removed}"
         )
 
 
-def _versions_before(spark: SparkSession, paths: list[str]) -> dict[str, int | None]:
-    return {p: delta_io.latest_version(spark, p) if delta_io.table_exists(spark, p) else None for p in paths}
+def _check_written(spark: SparkSession, path: str, version: int, before: int, expected: int, what: str) -> None:
+    """The commit that wrote ``what`` took exactly ``expected`` rows (as Delta itself recorded it).
+
+    No new version means Delta found nothing to change (every row already there, unchanged), so
+    there is no commit to check.
+    """
+    if version == before:
+        return
+    written = delta_io.written_rows(spark, path, version)
+    if written != expected:
+        raise IngestError(f"accounting mismatch: {expected} {what} rows to write, but Delta version {version} "
+                          f"of {path} recorded {written}")
 
 
-def _restore(spark: SparkSession, before: dict[str, int | None]) -> None:
-    """Put tables back to their versions before this run, so a failed run leaves nothing half-written."""
-    for path, version in before.items():
-        if version is not None and delta_io.latest_version(spark, path) != version:
-            spark.sql(f"RESTORE TABLE delta.`{path}` TO VERSION AS OF {version}")
+def _write(spark: SparkSession, path: str, df: DataFrame, rows: int, key: list[str], **merge: object) -> int:
+    """Write ``rows`` rows into the table (append when empty, else MERGE); nothing at all when there are none."""
+    if rows == 0:
+        return delta_io.latest_version(spark, path)
+    return delta_io.merge_by_key(spark, path, df, key, **merge)
+
+
+def _newer_or_changed(spec: DatasetSpec) -> str:
+    """MERGE update condition: the content changed and the incoming row is not older than the table's."""
+    changed = f"t.{C.ROW_HASH} <> s.{C.ROW_HASH}"
+    if spec.order_by:
+        o = spec.order_by
+        changed += f" AND (t.`{o}` IS NULL OR (s.`{o}` IS NOT NULL AND s.`{o}` >= t.`{o}`))"
+    return changed
+
+
+def _first_pass(report: IngestReport, marked: DataFrame, spec: DatasetSpec) -> None:
+    """Fill the report's counts and fill values from one aggregation; fail_fast aborts surface here."""
+    fill_spec = {c: (f.strategy, f.value) for c, f in spec.fill.items()}
+    try:
+        row = _accounting(marked, all_rule_names(spec), fill_spec)
+    except Exception as err:  # a Spark job failure carries the fail_fast message in its text
+        message = _fail_fast_message(err)
+        if message is None:
+            raise
+        raise IngestError(f"{message}; no table was created or changed") from None
+    _fill_report(report, row, spec, fill_spec)
+    _check_counts(report)
+
+
+def _write_tables(spark: SparkSession, spec: DatasetSpec, report: IngestReport, clean_df: DataFrame,
+                  quarantine_df: DataFrame, clean_path: str, quarantine_path: str,
+                  progress: Callable[[str], None]) -> None:
+    """Quarantine first, then the clean table; check what Delta recorded; restore both on any failure."""
+    delta_io.ensure_table(spark, clean_path, clean_df.schema, (C.SPLIT, C.SHARD), table_constraints(spec),
+                          spec.allow_schema_evolution)
+    delta_io.ensure_table(spark, quarantine_path, QUARANTINE_SCHEMA)
+    before = {p: delta_io.latest_version(spark, p) for p in (clean_path, quarantine_path)}
+    report.write_mode = "append" if delta_io.is_empty(spark, clean_path) else "merge"
+    try:
+        with delta_io.commit_metadata(spark, {"run_id": report.run_id, "fill_values": report.fill_values}):
+            progress("writing the quarantine table")
+            report.quarantine_version = _write(spark, quarantine_path, quarantine_df, report.quarantined,
+                                               ["record_id"], update=False)
+            progress(f"writing the clean table ({report.write_mode})")
+            report.table_version = _write(spark, clean_path, clean_df, report.clean_rows, spec.key,
+                                          prune_on=(C.SPLIT, C.SHARD), changed_when=_newer_or_changed(spec))
+        _check_written(spark, quarantine_path, report.quarantine_version, before[quarantine_path],
+                       report.quarantined, "quarantine")
+        _check_written(spark, clean_path, report.table_version, before[clean_path], report.clean_rows, "clean")
+    except BaseException:
+        for path, version in before.items():
+            delta_io.restore(spark, path, version)
+        raise
+
+
+def clean_rows(marked: DataFrame, fill_values: dict) -> DataFrame:
+    """The rows for the clean table: clean fate, table columns, missing values filled, content hash."""
+    columns = clean_schema(marked)
+    kept = marked.where(F.col(C.FATE) == F.lit(C.CLEAN)).select(*columns)
+    return C.with_row_hash(C.fill_missing(kept, fill_values), [c for c in columns if c not in (C.SHARD, C.SPLIT)])
+
+
+def _table_statistics(spark: SparkSession, spec: DatasetSpec, report: IngestReport, clean_path: str) -> None:
+    """Rows per shard and skew (from the Delta log), and feature statistics of the version's training split."""
+    counts = delta_io.partition_row_counts(spark, clean_path, report.table_version, C.SHARD)
+    report.shard_counts = {s: counts.get(str(s), 0) for s in range(spec.shards)}
+    report.skew_ratio = round(shard_skew(report.shard_counts), 4)
+    report.skew_warning = report.skew_ratio > spec.skew_warn_ratio
+    if report.skew_warning:
+        log.warning("%s: shard skew %.3f (max/mean rows per shard) is above %.3f; rows per shard: %s",
+                    spec.name, report.skew_ratio, spec.skew_warn_ratio, report.shard_counts)
+    version_df = delta_io.read_version(spark, clean_path, report.table_version)
+    stats = fit_feature_stats(training_rows(version_df), spec.features.numeric, spec.features.categorical,
+                              spec.features.max_categories)
+    report.feature_stats = stats.to_dict()
 
 
 def run_ingest(
@@ -169,87 +354,45 @@ def run_ingest(
     optimize: bool = False,
     progress: Callable[[str], None] = lambda _msg: None,
 ) -> IngestReport:
-    """Read, clean, shard and MERGE the dataset into its Delta tables; verify the accounting.
+    """Read, clean, shard and write the dataset into its Delta tables; verify the accounting.
 
-    ``mode='fail_fast'`` aborts before any write when a row breaks a rule, leaving every table
-    as it was. Re-running on the same input leaves table content identical. If a write or the
+    ``mode='fail_fast'`` aborts at the first row that breaks a rule, before any table is created
+    or changed. Re-running on the same input leaves table content identical. If a write or the
     accounting check fails, both tables are restored to their versions before the run.
     """
+    if mode not in ("quarantine", "fail_fast"):
+        raise ValueError(f"mode must be 'quarantine' or 'fail_fast', got {mode!r}")
     started = time.monotonic()
     report = IngestReport(run_id=run_id, dataset=spec.name)
     columns = [(c.name, c.type) for c in spec.columns]
-    progress("reading the source")
-    raw = _read_source(spark, spec.source, spec.column_names, lake, base_dir, spec.allow_schema_evolution)
-    joins = [(j, _read_join(spark, j, lake, base_dir)) for j in spec.joins]
-    flagged = flag_records(parse_records(raw, spec.source, columns), spec, joins)
-    flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
-    progress("parsing and checking rules")
-    report.rows_read, invalid, report.rule_counts = _rule_counts(flagged)
-    if mode == "fail_fast" and invalid:
-        example = flagged.where(F.size(C.VIOLATIONS) > 0).select("_source_file", "_raw", C.VIOLATIONS).first()
-        flagged.unpersist()
-        raise IngestError(f"fail_fast: {invalid} row(s) broke rules {report.rule_counts}; "
-                          f"first in {example[0]}: {list(example[2])} raw={example[1][:200]!r}; no table was changed")
-
-    data_columns = clean_schema(flagged)
-    valid = flagged.where(F.size(C.VIOLATIONS) == 0).drop(C.VIOLATIONS)
-    ranked = C.rank_key_duplicates(C.drop_exact_duplicates(valid), spec.key, spec.order_by)
-    ranked = ranked.persist(StorageLevel.MEMORY_AND_DISK)
-    progress("removing duplicates")
-    rank_counts = ranked.agg(F.count(F.lit(1)).alias("distinct"),
-                             F.count(F.when(F.col("_key_rank") > 1, 1)).alias("superseded")).first()
-    superseded_rows = int(rank_counts["superseded"])
-    report.duplicates_removed = report.rows_read - invalid - int(rank_counts["distinct"])
-    report.clean_rows = int(rank_counts["distinct"]) - superseded_rows
-    report.quarantined = invalid + superseded_rows
-    if superseded_rows:
-        report.rule_counts[SUPERSEDED] = superseded_rows
-
-    kept = ranked.where(F.col("_key_rank") == 1).drop("_key_rank")
-    superseded = ranked.where(F.col("_key_rank") > 1).withColumn(C.VIOLATIONS, F.array().cast("array<string>"))
-    fill_spec = {c: (f.strategy, f.value) for c, f in spec.fill.items()}
-    report.fill_values = fit_fill_values(training_rows(kept), fill_spec)
-    clean_df = C.with_row_hash(C.fill_missing(kept.select(*data_columns), report.fill_values),
-                               [c for c in data_columns if c not in (C.SHARD, C.SPLIT)])
-    quarantine_df = C.quarantine_records(flagged.where(F.size(C.VIOLATIONS) > 0), run_id).unionByName(
-        C.quarantine_records(superseded, run_id, SUPERSEDED))
-
     clean_path = lake.table(spec.name, "clean")
     quarantine_path = lake.table(spec.name, "quarantine")
-    delta_io.ensure_table(spark, clean_path, clean_df.schema, (C.SPLIT, C.SHARD), _constraints(spec),
-                          spec.allow_schema_evolution)
-    delta_io.ensure_table(spark, quarantine_path, QUARANTINE_SCHEMA)
-    before = _versions_before(spark, [clean_path, quarantine_path])
-    try:
-        with delta_io.commit_metadata(spark, {"run_id": run_id, "fill_values": report.fill_values}):
-            progress("writing the quarantine table")
-            report.quarantine_version = delta_io.merge_by_key(
-                spark, quarantine_path, quarantine_df, ["record_id"], update=False)
-            progress("merging the clean table")
-            report.table_version = delta_io.merge_by_key(
-                spark, clean_path, clean_df, spec.key, prune_on=(C.SPLIT, C.SHARD),
-                changed_when=f"t.{C.ROW_HASH} <> s.{C.ROW_HASH}")
-        _check_accounting(spark, report, clean_path, quarantine_path, report.clean_rows, report.quarantined)
-    except BaseException:
-        _restore(spark, before)
-        raise
-    finally:
-        flagged.unpersist()
-        ranked.unpersist()
+
+    with ExitStack() as stack:
+        progress("checking the source schema")
+        parsed = read_parsed(spark, spec.source, columns, lake, base_dir, spec.allow_schema_evolution)
+        joins = [(j, join_table(stack.enter_context(_cached(read_parsed(
+            spark, j.source, [(c.name, c.type) for c in j.columns], lake, base_dir, False))), j))
+            for j in spec.joins]
+        flagged = flag_records(parsed, spec, joins)
+        if mode == "fail_fast":
+            flagged = C.abort_on_violation(flagged)
+        marked = C.mark_duplicates(flagged, spec.key, spec.order_by)
+        # Refuse a schema change before the expensive pass, not after it.
+        if delta_io.table_exists(spark, clean_path):
+            delta_io.check_schema(spark, clean_path, clean_rows(marked, {}).schema, spec.allow_schema_evolution)
+        marked = stack.enter_context(_cached(marked))
+        progress("parsing, checking rules and resolving duplicates")
+        _first_pass(report, marked, spec)
+        rejected = marked.where(F.col(C.FATE).isin(C.INVALID, C.SUPERSEDED))
+        _write_tables(spark, spec, report, clean_rows(marked, report.fill_values),
+                      C.quarantine_records(rejected, run_id), clean_path, quarantine_path, progress)
     if optimize:
         progress("optimizing (compaction)")
-        spark.sql(f"OPTIMIZE delta.`{clean_path}`")
-        report.table_version = delta_io.latest_version(spark, clean_path)
+        report.table_version = delta_io.optimize(spark, clean_path)
 
     progress("computing shard skew and feature statistics")
-    version_df = delta_io.read_version(spark, clean_path, report.table_version)
-    counts = version_df.groupBy(C.SHARD).count().collect()
-    report.shard_counts = {int(r[C.SHARD]): int(r["count"]) for r in sorted(counts, key=lambda r: r[C.SHARD])}
-    report.skew_ratio = round(shard_skew(report.shard_counts), 4)
-    report.skew_warning = report.skew_ratio > spec.skew_warn_ratio
-    stats = fit_feature_stats(training_rows(version_df), spec.features.numeric, spec.features.categorical,
-                              spec.features.max_categories)
-    report.feature_stats = stats.to_dict()
+    _table_statistics(spark, spec, report, clean_path)
     report.seconds = round(time.monotonic() - started, 2)
     record_run(spark, lake, spec.name, report)
     return report

@@ -1,10 +1,15 @@
-"""Cleaning rules, joins, duplicates, sharding and splits: pure DataFrame transforms."""
+"""Cleaning rules, joins, duplicates, sharding and splits: pure DataFrame transforms.
+
+Rows are never dropped here. Each transform adds what it found (``_violations``, ``_fate``) and
+the stage decides where a row goes, so that every row read can be accounted for.
+"""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from shardlake.transforms.parse import PARSE_ERRORS, RAW_COLUMNS
 
@@ -12,7 +17,15 @@ VIOLATIONS = "_violations"
 SHARD = "shard"
 SPLIT = "split"
 ROW_HASH = "_row_hash"
+FATE = "_fate"
 SPLITS = ("train", "validation", "test")
+
+# What happens to a row: kept, rejected by a rule, removed as an exact copy, or replaced by a newer
+# row of the same key. Only ``clean`` rows reach the clean table; ``invalid`` and ``superseded``
+# rows go to the quarantine; ``duplicate`` rows are counted and dropped (an identical row is kept).
+CLEAN, INVALID, DUPLICATE, SUPERSEDED = "clean", "invalid", "duplicate", "superseded"
+SUPERSEDED_RULE = "superseded_by_newer_key"
+FAIL_FAST_MARK = "shardlake fail_fast:"
 
 
 def derive(df: DataFrame, expressions: Mapping[str, str]) -> DataFrame:
@@ -45,7 +58,8 @@ def _rule_checks(
     patterns: Mapping[str, str],
     finite: Sequence[str],
 ) -> list[Column]:
-    checks = [F.when(F.col(c).isNull(), F.lit(f"required:{c}")) for c in required]
+    """One expression per rule: the rule's name when the row breaks it, else null."""
+    checks = [F.when(F.col(c).isNull(), F.lit(f"required:{c}")) for c in dict.fromkeys(required)]
     for column, (low, high) in ranges.items():
         bad = F.lit(False)
         if low is not None:
@@ -54,13 +68,30 @@ def _rule_checks(
             bad = bad | (F.col(column) > F.lit(high))
         checks.append(F.when(F.col(column).isNotNull() & bad, F.lit(f"range:{column}")))
     for column, values in allowed.items():
-        checks.append(F.when(F.col(column).isNotNull() & ~F.col(column).isin(list(values)), F.lit(f"allowed:{column}")))
+        checks.append(F.when(F.col(column).isNotNull() & ~F.col(column).isin(list(values)),
+                             F.lit(f"allowed:{column}")))
     for column, pattern in patterns.items():
         checks.append(F.when(F.col(column).isNotNull() & ~F.col(column).rlike(pattern), F.lit(f"pattern:{column}")))
     for column in finite:
         value = F.col(column).cast("double")
         checks.append(F.when(F.isnan(value) | value.isin(float("inf"), float("-inf")), F.lit(f"finite:{column}")))
     return checks
+
+
+def rule_names(
+    required: Sequence[str] = (),
+    ranges: Mapping[str, object] | None = None,
+    allowed: Mapping[str, object] | None = None,
+    patterns: Mapping[str, object] | None = None,
+    finite: Sequence[str] = (),
+) -> list[str]:
+    """Every rule name ``flag_violations`` can report for these rules (for per-rule counts)."""
+    names = [f"required:{c}" for c in dict.fromkeys(required)]
+    names += [f"range:{c}" for c in ranges or {}]
+    names += [f"allowed:{c}" for c in allowed or {}]
+    names += [f"pattern:{c}" for c in patterns or {}]
+    names += [f"finite:{c}" for c in finite]
+    return names
 
 
 def flag_violations(
@@ -82,6 +113,20 @@ def flag_violations(
     return df.withColumn(VIOLATIONS, violations).drop(PARSE_ERRORS)
 
 
+def abort_on_violation(df: DataFrame) -> DataFrame:
+    """fail_fast: evaluating the first row that breaks a rule raises an error naming it.
+
+    The check sits inside ``_violations`` itself, so every later step that looks at a row's
+    validity evaluates it: the job stops at the first bad row, before anything is written.
+    """
+    message = F.concat(
+        F.lit(f"{FAIL_FAST_MARK} rules ["), F.array_join(F.col(VIOLATIONS), ", "), F.lit("] broken by record "),
+        F.substring(F.col("_raw"), 1, 300), F.lit(" in "), F.col("_source_file"),
+    )
+    guarded = F.when(F.size(F.col(VIOLATIONS)) > 0, F.raise_error(message).cast("array<string>"))
+    return df.withColumn(VIOLATIONS, guarded.otherwise(F.col(VIOLATIONS)))
+
+
 def key_hash(key: Sequence[str]) -> Column:
     """64-bit hash of the key columns; shards and splits are functions of it alone."""
     return F.xxhash64(*[F.col(k) for k in key])
@@ -100,23 +145,42 @@ def add_shard_and_split(df: DataFrame, key: Sequence[str], shards: int,
     return df.withColumns({SHARD: F.pmod(key_hash(key), F.lit(shards)).cast("int"), SPLIT: split})
 
 
-def drop_exact_duplicates(df: DataFrame) -> DataFrame:
-    """Remove rows identical in every data column (raw text and source file are not data)."""
-    data_columns = [c for c in df.columns if c not in RAW_COLUMNS]
-    # Grouping by shard first lets Spark reuse the shard partitioning for the later key window.
-    ordered = [SHARD, *[c for c in data_columns if c != SHARD]] if SHARD in data_columns else data_columns
-    return df.dropDuplicates(ordered)
+def data_columns(df: DataFrame) -> list[str]:
+    """Columns that make up a row's content (raw text, bookkeeping, shard and split excluded)."""
+    skip = {*RAW_COLUMNS, VIOLATIONS, FATE, SHARD, SPLIT, ROW_HASH, PARSE_ERRORS}
+    return [c for c in df.columns if c not in skip]
 
 
-def rank_key_duplicates(df: DataFrame, key: Sequence[str], order_by: str | None) -> DataFrame:
-    """Number rows within a key: 1 is kept (latest by ``order_by``), the others are superseded.
+def mark_duplicates(df: DataFrame, key: Sequence[str], order_by: str | None = None) -> DataFrame:
+    """Add ``_fate`` to every row: clean, invalid, duplicate (exact copy) or superseded (older key row).
 
-    Ties (and a missing ``order_by``) are broken by the raw record text so the choice is stable.
+    Valid rows of one key are ordered newest first by ``order_by`` (nulls last), ties by content;
+    the first is ``clean``, a row equal in every data column to the row before it is a
+    ``duplicate``, any other is ``superseded``. Invalid rows keep ``invalid``.
+
+    One window does both jobs, and it is partitioned by (split, shard, validity, key): split and
+    shard are functions of the key, so this groups exactly by key, while a hash exchange on
+    (shard, key) satisfies it (one shuffle), and its sort (split, shard, ...) is the order the
+    partitioned Delta write needs, so the write does not sort again.
     """
+    content_cols = data_columns(df)
+    content = F.struct(*[F.col(c) for c in content_cols])
     order = [F.col(order_by).desc_nulls_last()] if order_by else []
-    partition = [SHARD, *key] if SHARD in df.columns else list(key)
-    window = Window.partitionBy(*partition).orderBy(*order, F.col("_raw").desc())
-    return df.withColumn("_key_rank", F.row_number().over(window))
+    window = (Window.partitionBy(F.col(SPLIT), F.col(SHARD), F.col("_valid"), *[F.col(k) for k in key])
+              .orderBy(*order, F.col("_content_hash"), F.col("_content")))
+    previous = F.lag(F.col("_content")).over(window)
+    fate = (F.when(~F.col("_valid"), F.lit(INVALID))
+            .when(F.col("_content").eqNullSafe(previous), F.lit(DUPLICATE))
+            .when(F.row_number().over(window) == 1, F.lit(CLEAN))
+            .otherwise(F.lit(SUPERSEDED)))
+    # The explicit exchange comes before the comparison columns are built, so they are computed
+    # after the shuffle instead of travelling through it (they would double its size).
+    prepared = df.repartition(F.col(SHARD), *[F.col(k) for k in key]).withColumns({
+        "_valid": F.size(F.col(VIOLATIONS)) == 0,
+        "_content": content,
+        "_content_hash": F.xxhash64(*[F.col(c) for c in content_cols]),
+    })
+    return prepared.withColumn(FATE, fate).drop("_valid", "_content", "_content_hash")
 
 
 def with_row_hash(df: DataFrame, columns: Sequence[str]) -> DataFrame:
@@ -125,26 +189,31 @@ def with_row_hash(df: DataFrame, columns: Sequence[str]) -> DataFrame:
 
 
 def fill_missing(df: DataFrame, values: Mapping[str, object]) -> DataFrame:
-    """Fill nulls (and NaN) of the given columns with fixed values computed elsewhere."""
+    """Fill nulls (and NaN in float columns) of the given columns with values computed elsewhere."""
     if not values:
         return df
     filled = {}
     for column, value in values.items():
         current = F.col(column)
+        kind = df.schema[column].dataType
         missing = current.isNull()
-        if isinstance(value, float):
+        if isinstance(kind, (T.DoubleType, T.FloatType)):
             missing = missing | F.isnan(current)
-        filled[column] = F.when(missing, F.lit(value).cast(df.schema[column].dataType)).otherwise(current)
+        filled[column] = F.when(missing, F.lit(value).cast(kind)).otherwise(current)
     return df.withColumns(filled)
 
 
-def quarantine_records(df: DataFrame, run_id: str, extra_rule: str | None = None) -> DataFrame:
-    """Rows for the quarantine table: raw record, source, broken rules, a stable record id, the run."""
-    rules = F.col(VIOLATIONS) if extra_rule is None else F.array(F.lit(extra_rule))
+def quarantine_records(df: DataFrame, run_id: str) -> DataFrame:
+    """Rows for the quarantine table: raw record, source, broken rules, a stable record id, the run.
+
+    ``df`` holds rejected rows (``_fate`` invalid or superseded). The record id hashes file, raw
+    text and the occurrence number of that text in the file, so identical bad lines are all kept
+    and a re-run of the same input finds the same ids (the MERGE inserts nothing twice).
+    """
+    rules = F.when(F.col(FATE) == F.lit(SUPERSEDED), F.array(F.lit(SUPERSEDED_RULE))).otherwise(F.col(VIOLATIONS))
     occurrence = F.row_number().over(Window.partitionBy("_source_file", "_raw").orderBy(F.lit(1)))
     with_id = df.select(*RAW_COLUMNS, rules.alias("rules")).withColumn("_occ", occurrence)
-    record_id = F.sha2(F.concat_ws("\u0001", F.col("_source_file"), F.col("_raw"), F.col("_occ").cast("string"),
-                                   F.lit(extra_rule or "")), 256)
+    record_id = F.sha2(F.concat_ws("\u0001", F.col("_source_file"), F.col("_raw"), F.col("_occ").cast("string")), 256)
     return with_id.select(
         record_id.alias("record_id"),
         F.col("_source_file").alias("source_file"),
