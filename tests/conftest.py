@@ -11,6 +11,8 @@ import pytest
 from shardlake.session import build_session
 
 REPO = Path(__file__).resolve().parent.parent
+# pyspark.testing imports pandas-on-Spark, which wants this set before any Spark context starts.
+os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
 
 
 @pytest.fixture(scope="session")
