@@ -63,7 +63,6 @@ reliability: install airflow-install
 	$(VENV)/bin/pytest -m reliability
 
 bench: install
-	$(PY) bench/ingest.py
 	$(PY) bench/loader.py
 	$(PY) bench/train.py
 	$(PY) bench/infer.py
