@@ -108,7 +108,8 @@ def _gloo_ranks() -> list[int]:
 def test_killed_training_rank_fails_clearly_and_the_rerun_resumes(spark, tmp_path, reliability):
     sample, _ = write_sample(tmp_path / "data", every=50)
     lake = Lake.at(tmp_path / "lake")
-    overrides = _overrides(lake, sample, "train.epochs=4", "train.batch_size=32", "train.promote_threshold=0.0")
+    overrides = _overrides(lake, sample, "train.epochs=4", "train.batch_size=32", "train.promote_threshold=0.0",
+                           "train.early_stopping_patience=10")
     assert subprocess.run(_job("ingest", "--run-id", "for-training", *overrides), cwd=REPO, env=spark_env(),
                           capture_output=True, timeout=900).returncode == 0
     run_dir = lake.model_dir("flights", "kill-test")

@@ -7,6 +7,9 @@ is a plain append rather than a MERGE.
 from __future__ import annotations
 
 import json
+from functools import reduce
+import logging
+import time
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from typing import Iterator
@@ -18,6 +21,8 @@ from pyspark.sql import types as T
 
 CONSTRAINT_PREFIX = "delta.constraints."
 
+
+log = logging.getLogger(__name__)
 
 class SchemaChangeError(ValueError):
     """Incoming data whose schema differs from the table's, with evolution not allowed."""
@@ -133,18 +138,25 @@ def is_empty(spark: SparkSession, path: str) -> bool:
 
 
 @contextmanager
-def commit_metadata(spark: SparkSession, metadata: Mapping[str, object]) -> Iterator[None]:
-    """Attach JSON metadata (run id, counts) to the Delta commits made inside the block."""
-    key = "spark.databricks.delta.commitInfo.userMetadata"
-    previous = spark.conf.get(key, None)
-    spark.conf.set(key, json.dumps(metadata, sort_keys=True, default=str))
+def session_conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[None]:
+    """Set Spark SQL settings for the block only, then put the previous values back."""
+    previous = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
     try:
         yield
     finally:
-        if previous is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, previous)
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+
+
+def commit_metadata(spark: SparkSession, metadata: Mapping[str, object]):
+    """Attach JSON metadata (run id, counts) to the Delta commits made inside the block."""
+    return session_conf(spark, {"spark.databricks.delta.commitInfo.userMetadata":
+                                json.dumps(metadata, sort_keys=True, default=str)})
 
 
 def append(spark: SparkSession, path: str, source: DataFrame) -> int:
@@ -167,17 +179,51 @@ def merge_by_key(
     ``source`` must be unique on ``key``. ``prune_on`` lists partition columns that are functions
     of the key, added to the condition so Delta touches only the partitions the source hits.
     ``changed_when`` (SQL on t./s.) limits updates to rows whose content differs, so a re-run
-    rewrites nothing. Into an empty table this is a plain append (same result, no join).
+    rewrites nothing. Always a MERGE, even into an empty table: a blind append there would let
+    two concurrent first loads both commit and duplicate every row, while two MERGEs conflict
+    and the loser is retried against the winner's rows (see ``retry_on_conflict``).
     Returns the new version.
     """
-    if is_empty(spark, path):
-        return append(spark, path, source)
     condition = " AND ".join(f"t.`{c}` <=> s.`{c}`" for c in [*prune_on, *key])
-    merge = DeltaTable.forPath(spark, path).alias("t").merge(source.alias("s"), condition)
-    if update:
-        merge = merge.whenMatchedUpdateAll(condition=changed_when)
-    merge.whenNotMatchedInsertAll().execute()
-    return latest_version(spark, path)
+
+    def attempt() -> int:
+        merge = DeltaTable.forPath(spark, path).alias("t").merge(source.alias("s"), condition)
+        if update:
+            merge = merge.whenMatchedUpdateAll(condition=changed_when)
+        merge.whenNotMatchedInsertAll().execute()
+        return latest_version(spark, path)
+
+    return retry_on_conflict(attempt, path)
+
+
+def retry_on_conflict(action, path: str, attempts: int = 4, pause_s: float = 2.0):
+    """Run a Delta write again when a concurrent writer won the commit (an idempotent write only).
+
+    Delta's optimistic concurrency refuses the later of two conflicting commits with a
+    Concurrent*Exception; re-running an idempotent write (MERGE by key) on the new snapshot is
+    exactly what a person would do by hand.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except Exception as err:  # py4j/Delta raise several classes; the name says which
+            conflict = "concurrent" in f"{type(err).__name__} {str(err)[:500]}".lower()
+            if not conflict or attempt == attempts:
+                raise
+            log.warning("%s: concurrent writer won the commit; retrying (%d/%d)", path, attempt, attempts - 1)
+            time.sleep(pause_s * attempt)
+    raise AssertionError("unreachable")
+
+
+def changed_rows(spark: SparkSession, path: str, source: DataFrame, key: Sequence[str], hash_column: str) -> DataFrame:
+    """Rows of ``source`` whose key is not in the table with the same content hash.
+
+    A MERGE of the full source would rewrite every file holding a matched key even when no row
+    changes; merging only these rows makes a re-run of the same input write nothing at all.
+    """
+    target = DeltaTable.forPath(spark, path).toDF().select(*[F.col(c).alias(f"_t_{c}") for c in [*key, hash_column]])
+    same = [F.col(c).eqNullSafe(F.col(f"_t_{c}")) for c in [*key, hash_column]]
+    return source.join(target, on=reduce(lambda a, b: a & b, same), how="left_anti")
 
 
 def written_rows(spark: SparkSession, path: str, version: int) -> int:

@@ -10,8 +10,9 @@ The plan, and why it is shaped this way (the cost is in passes over the data and
 3. The marked rows are cached and one aggregation computes every count of the report (rows
    read, per fate, per rule) and the fill statistics of the training split. In fail_fast mode
    the first bad row raises inside this pass, before any table exists or changes.
-4. The quarantine and the clean rows are written from the cache: a plain append when the table
-   is empty, else a MERGE by key that rewrites only rows whose content changed (idempotent).
+4. The quarantine and the clean rows are written from the cache with a MERGE by key that
+   rewrites only rows whose content changed (idempotent). Even a first load MERGEs: two
+   concurrent first loads must conflict (and the loser retry), not both append.
    The window's sort order is already (split, shard, ...), so the partitioned write does not sort.
 5. What Delta recorded is checked against the counts (rows read = clean + quarantined +
    duplicates removed, and each table got exactly its rows); on any failure both tables are
@@ -79,6 +80,7 @@ class IngestReport:
     invalid: int = 0
     superseded: int = 0
     write_mode: str = ""
+    rows_merged: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,7 +91,8 @@ def parse_records(raw: DataFrame, source: SourceSpec, columns: list[tuple[str, s
     """Raw records to declared, typed columns plus ``_parse_errors``; ``names``: the records' own fields."""
     declared = [n for n, _ in columns]
     fields = P.split_fields(raw, names or declared, source.format, source.delimiter, keep=declared)
-    return P.cast_columns(fields, columns, source.null_values)
+    # The CSV parser already drops spaces around unquoted values (see split_fields).
+    return P.cast_columns(fields, columns, source.null_values, trim=source.format != "csv")
 
 
 def read_parsed(spark: SparkSession, source: SourceSpec, columns: list[tuple[str, str]], lake: Lake,
@@ -252,13 +255,14 @@ def _check_counts(report: IngestReport) -> None:
         )
 
 
-def _check_written(spark: SparkSession, path: str, version: int, before: int, expected: int, what: str) -> None:
+def _check_written(spark: SparkSession, path: str, version: int | None, before: int, expected: int,
+                   what: str) -> None:
     """The commit that wrote ``what`` took exactly ``expected`` rows (as Delta itself recorded it).
 
     No new version means Delta found nothing to change (every row already there, unchanged), so
     there is no commit to check.
     """
-    if version == before:
+    if version is None or version == before:
         return
     written = delta_io.written_rows(spark, path, version)
     if written != expected:
@@ -266,11 +270,33 @@ def _check_written(spark: SparkSession, path: str, version: int, before: int, ex
                           f"of {path} recorded {written}")
 
 
-def _write(spark: SparkSession, path: str, df: DataFrame, rows: int, key: list[str], **merge: object) -> int:
-    """Write ``rows`` rows into the table (append when empty, else MERGE); nothing at all when there are none."""
+def _write(spark: SparkSession, path: str, df: DataFrame, rows: int, key: list[str], **merge: object) -> int | None:
+    """MERGE ``rows`` rows into the table; with none, commit nothing and return None.
+
+    None, not the latest version: a concurrent writer may have committed meanwhile, and its
+    commit must not be checked (or restored away) as if it were this run's.
+    """
     if rows == 0:
-        return delta_io.latest_version(spark, path)
+        return None
     return delta_io.merge_by_key(spark, path, df, key, **merge)
+
+
+def _write_clean(spark: SparkSession, path: str, clean_df: DataFrame, report: IngestReport, spec: DatasetSpec,
+                 stack: ExitStack) -> int:
+    """MERGE the clean rows that are new or changed; returns how many were sent to Delta.
+
+    Into a non-empty table only rows whose (key, content hash) is not there yet are merged:
+    a MERGE of every row would rewrite each file holding a matched key even when nothing
+    changes, so a re-run of the same input now commits nothing at all.
+    """
+    source, rows = clean_df, report.clean_rows
+    if rows and not delta_io.is_empty(spark, path):
+        source = stack.enter_context(_cached(delta_io.changed_rows(spark, path, clean_df, spec.key, C.ROW_HASH)))
+        rows = source.count()
+    report.table_version = _write(spark, path, source, rows, spec.key, prune_on=(C.SPLIT, C.SHARD),
+                                  changed_when=_newer_or_changed(spec))
+    report.rows_merged = rows
+    return rows
 
 
 def _newer_or_changed(spec: DatasetSpec) -> str:
@@ -298,28 +324,37 @@ def _first_pass(report: IngestReport, marked: DataFrame, spec: DatasetSpec) -> N
 
 def _write_tables(spark: SparkSession, spec: DatasetSpec, report: IngestReport, clean_df: DataFrame,
                   quarantine_df: DataFrame, clean_path: str, quarantine_path: str,
-                  progress: Callable[[str], None]) -> None:
+                  progress: Callable[[str], None], stack: ExitStack) -> None:
     """Quarantine first, then the clean table; check what Delta recorded; restore both on any failure."""
-    delta_io.ensure_table(spark, clean_path, clean_df.schema, (C.SPLIT, C.SHARD), table_constraints(spec),
-                          spec.allow_schema_evolution)
-    delta_io.ensure_table(spark, quarantine_path, QUARANTINE_SCHEMA)
+    # Two first runs may create the same table at once: the loser retries and finds it there.
+    delta_io.retry_on_conflict(lambda: delta_io.ensure_table(
+        spark, clean_path, clean_df.schema, (C.SPLIT, C.SHARD), table_constraints(spec),
+        spec.allow_schema_evolution), clean_path)
+    delta_io.retry_on_conflict(lambda: delta_io.ensure_table(spark, quarantine_path, QUARANTINE_SCHEMA),
+                               quarantine_path)
     before = {p: delta_io.latest_version(spark, p) for p in (clean_path, quarantine_path)}
-    report.write_mode = "append" if delta_io.is_empty(spark, clean_path) else "merge"
+    report.write_mode = "merge into empty table" if delta_io.is_empty(spark, clean_path) else "merge"
     try:
         with delta_io.commit_metadata(spark, {"run_id": report.run_id, "fill_values": report.fill_values}):
             progress("writing the quarantine table")
             report.quarantine_version = _write(spark, quarantine_path, quarantine_df, report.quarantined,
                                                ["record_id"], update=False)
             progress(f"writing the clean table ({report.write_mode})")
-            report.table_version = _write(spark, clean_path, clean_df, report.clean_rows, spec.key,
-                                          prune_on=(C.SPLIT, C.SHARD), changed_when=_newer_or_changed(spec))
+            merged = _write_clean(spark, clean_path, clean_df, report, spec, stack)
         _check_written(spark, quarantine_path, report.quarantine_version, before[quarantine_path],
                        report.quarantined, "quarantine")
-        _check_written(spark, clean_path, report.table_version, before[clean_path], report.clean_rows, "clean")
+        _check_written(spark, clean_path, report.table_version, before[clean_path], merged, "new or changed clean")
+        report.quarantine_version = _latest_if_none(spark, quarantine_path, report.quarantine_version)
+        report.table_version = _latest_if_none(spark, clean_path, report.table_version)
     except BaseException:
         for path, version in before.items():
             delta_io.restore(spark, path, version)
         raise
+
+
+def _latest_if_none(spark: SparkSession, path: str, version: int | None) -> int:
+    """The version this run produced, or (when it committed nothing) the table's current one."""
+    return delta_io.latest_version(spark, path) if version is None else version
 
 
 def clean_rows(marked: DataFrame, fill_values: dict) -> DataFrame:
@@ -381,12 +416,16 @@ def run_ingest(
         # Refuse a schema change before the expensive pass, not after it.
         if delta_io.table_exists(spark, clean_path):
             delta_io.check_schema(spark, clean_path, clean_rows(marked, {}).schema, spec.allow_schema_evolution)
+        # Only quarantined rows need their raw text from here on: not caching it for the others
+        # makes the cache much smaller.
+        rejected_fate = F.col(C.FATE).isin(C.INVALID, C.SUPERSEDED)
+        marked = marked.withColumn("_raw", F.when(rejected_fate, F.col("_raw")))
         marked = stack.enter_context(_cached(marked))
         progress("parsing, checking rules and resolving duplicates")
         _first_pass(report, marked, spec)
-        rejected = marked.where(F.col(C.FATE).isin(C.INVALID, C.SUPERSEDED))
+        rejected = marked.where(rejected_fate)
         _write_tables(spark, spec, report, clean_rows(marked, report.fill_values),
-                      C.quarantine_records(rejected, run_id), clean_path, quarantine_path, progress)
+                      C.quarantine_records(rejected, run_id), clean_path, quarantine_path, progress, stack)
     if optimize:
         progress("optimizing (compaction)")
         report.table_version = delta_io.optimize(spark, clean_path)
@@ -420,7 +459,7 @@ def record_run(spark: SparkSession, lake: Lake, dataset: str, report: IngestRepo
            report.clean_rows, report.quarantined, report.duplicates_removed, report.rule_counts,
            report.shard_counts, float(report.skew_ratio), json.dumps(report.to_dict(), sort_keys=True, default=str))
     path = lake.table(dataset, "ingest_runs")
-    delta_io.ensure_table(spark, path, RUNS_SCHEMA)
+    delta_io.retry_on_conflict(lambda: delta_io.ensure_table(spark, path, RUNS_SCHEMA), path)
     delta_io.merge_by_key(spark, path, spark.createDataFrame([row], RUNS_SCHEMA), ["run_id"])
 
 

@@ -68,6 +68,9 @@ def fill_values_from(row: Mapping[str, object], strategies: Mapping[str, tuple[s
     """Fill value per column from an aggregation row of ``fill_aggregates`` (constants as declared).
 
     A statistic of a column with no usable training value falls back to 0.0, so the fill is total.
+    Statistics are rounded to 9 decimals: Spark sums partial aggregates in whatever order tasks
+    finish, so the last bits of a mean differ between identical runs, and filled rows would then
+    differ too (a re-run must leave the table content identical).
     """
     values: dict[str, object] = {}
     for column, (strategy, constant) in strategies.items():
@@ -75,7 +78,7 @@ def fill_values_from(row: Mapping[str, object], strategies: Mapping[str, tuple[s
             values[column] = constant
         else:
             found = row.get(f"fill:{column}")
-            values[column] = float(found) if found is not None else 0.0
+            values[column] = round(float(found), 9) if found is not None else 0.0
     return values
 
 
