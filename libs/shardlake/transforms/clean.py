@@ -158,15 +158,17 @@ def mark_duplicates(df: DataFrame, key: Sequence[str], order_by: str | None = No
     the first is ``clean``, a row equal in every data column to the row before it is a
     ``duplicate``, any other is ``superseded``. Invalid rows keep ``invalid``.
 
-    One window does both jobs, and it is partitioned by (split, shard, validity, key): split and
-    shard are functions of the key, so this groups exactly by key, while a hash exchange on
-    (shard, key) satisfies it (one shuffle), and its sort (split, shard, ...) is the order the
-    partitioned Delta write needs, so the write does not sort again.
+    One window does both jobs, partitioned by (key hash, split, shard, validity, key): all but
+    validity are functions of the key, so this groups exactly by key, and the one hash exchange
+    on (shard, key) satisfies it (a single shuffle). Ties on ``order_by`` go to
+    the row with the smaller content hash: arbitrary, but the same on every run.
     """
     content_cols = data_columns(df)
-    content = F.struct(*[F.col(c) for c in content_cols])
     order = [F.col(order_by).desc_nulls_last()] if order_by else []
-    window = (Window.partitionBy(F.col(SPLIT), F.col(SHARD), F.col("_valid"), *[F.col(k) for k in key])
+    # The key hash leads the window: it does not change the groups (it is a function of the key),
+    # but sorting on a 64-bit number first is much cheaper than on split/shard strings and ints.
+    window = (Window.partitionBy(F.col("_key_hash"), F.col(SPLIT), F.col(SHARD), F.col("_valid"),
+                                 *[F.col(k) for k in key])
               .orderBy(*order, F.col("_content_hash"), F.col("_content")))
     previous = F.lag(F.col("_content")).over(window)
     fate = (F.when(~F.col("_valid"), F.lit(INVALID))
@@ -176,11 +178,12 @@ def mark_duplicates(df: DataFrame, key: Sequence[str], order_by: str | None = No
     # The explicit exchange comes before the comparison columns are built, so they are computed
     # after the shuffle instead of travelling through it (they would double its size).
     prepared = df.repartition(F.col(SHARD), *[F.col(k) for k in key]).withColumns({
+        "_key_hash": key_hash(key),
         "_valid": F.size(F.col(VIOLATIONS)) == 0,
-        "_content": content,
+        "_content": F.struct(*[F.col(c) for c in content_cols]),
         "_content_hash": F.xxhash64(*[F.col(c) for c in content_cols]),
     })
-    return prepared.withColumn(FATE, fate).drop("_valid", "_content", "_content_hash")
+    return prepared.withColumn(FATE, fate).drop("_key_hash", "_valid", "_content", "_content_hash")
 
 
 def with_row_hash(df: DataFrame, columns: Sequence[str]) -> DataFrame:

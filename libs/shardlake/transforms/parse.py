@@ -85,24 +85,27 @@ def split_fields(raw: DataFrame, names: Sequence[str], fmt: str, delimiter: str 
             .select(*RAW_COLUMNS, *fields, PARSE_ERRORS))
 
 
-def cast_columns(df: DataFrame, columns: Sequence[tuple[str, str]], null_values: Sequence[str]) -> DataFrame:
+def cast_columns(df: DataFrame, columns: Sequence[tuple[str, str]], null_values: Sequence[str],
+                 trim: bool = True) -> DataFrame:
     """Cast string columns to declared types; a present value that does not convert adds ``type:<col>``.
 
     Values listed in ``null_values`` (e.g. NA) and empty strings are missing, not errors.
     Casting is strict (``try_cast``): '12.5' is not an int and is flagged, where a plain cast
     would silently truncate it to 12. Non-finite numbers (NaN, Infinity) convert and are left
-    to the ``finite`` rule. Surrounding spaces are ignored.
+    to the ``finite`` rule. Surrounding spaces are ignored (``trim=False`` when the parser
+    already dropped them, as the CSV parser does: trimming is a visible share of the cost).
     """
-    nulls = [v for v in null_values if v is not None]
-    trimmed = {name: F.trim(F.col(name)) for name, _ in columns}
-    cleaned = df.select(*RAW_COLUMNS, PARSE_ERRORS, *[
-        F.when(trimmed[name].isin(nulls) | (trimmed[name] == F.lit("")), F.lit(None).cast("string"))
-        .otherwise(trimmed[name]).alias(name)
-        for name, _ in columns
-    ])
-    # try_cast has no Column method in PySpark 3.5; the SQL form is the same expression.
-    typed = {name: F.expr(f"try_cast(`{name}` AS {spark_type(kind).simpleString()})") for name, kind in columns}
-    failures = [F.when(F.col(name).isNotNull() & typed[name].isNull(), F.lit(f"type:{name}")) for name, _ in columns]
-    errors = F.concat(F.col(PARSE_ERRORS), F.array_compact(F.array(*failures)))
-    return cleaned.select(*RAW_COLUMNS, *[typed[name].alias(name) for name, _ in columns], errors.alias(PARSE_ERRORS))
+    nulls = list(dict.fromkeys(["", *[v for v in null_values if v is not None]]))
 
+    def present(name: str) -> Column:
+        value = F.trim(F.col(name)) if trim else F.col(name)
+        return F.when(value.isin(nulls), F.lit(None).cast("string")).otherwise(value)
+
+    cleaned = df.select(*RAW_COLUMNS, PARSE_ERRORS, *[present(name).alias(name) for name, _ in columns])
+    # try_cast has no Column method in PySpark 3.5; the SQL form is the same expression.
+    typed = {name: F.col(name) if kind == "string" else F.expr(f"try_cast(`{name}` AS {spark_type(kind).simpleString()})")
+             for name, kind in columns}
+    failures = [F.when(F.col(name).isNotNull() & typed[name].isNull(), F.lit(f"type:{name}"))
+                for name, kind in columns if kind != "string"]
+    errors = F.concat(F.col(PARSE_ERRORS), F.array_compact(F.array(*failures))) if failures else F.col(PARSE_ERRORS)
+    return cleaned.select(*RAW_COLUMNS, *[typed[name].alias(name) for name, _ in columns], errors.alias(PARSE_ERRORS))
