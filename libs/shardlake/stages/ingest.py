@@ -416,10 +416,10 @@ def run_ingest(
         # Refuse a schema change before the expensive pass, not after it.
         if delta_io.table_exists(spark, clean_path):
             delta_io.check_schema(spark, clean_path, clean_rows(marked, {}).schema, spec.allow_schema_evolution)
-        # Only quarantined rows need their raw text from here on: not caching it for the others
-        # makes the cache much smaller.
+        # Only quarantined rows need their raw text and file from here on: not caching them for
+        # the others makes the cache much smaller.
         rejected_fate = F.col(C.FATE).isin(C.INVALID, C.SUPERSEDED)
-        marked = marked.withColumn("_raw", F.when(rejected_fate, F.col("_raw")))
+        marked = marked.withColumns({c: F.when(rejected_fate, F.col(c)) for c in P.RAW_COLUMNS})
         marked = stack.enter_context(_cached(marked))
         progress("parsing, checking rules and resolving duplicates")
         _first_pass(report, marked, spec)
