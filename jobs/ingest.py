@@ -7,8 +7,10 @@ import json
 from rich.console import Console
 
 from jobs import common
-from shardlake.stages.ingest import IngestError, run_ingest
+from shardlake.delta_io import SchemaChangeError
 from shardlake.reporting import print_ingest
+from shardlake.sources import SourceError
+from shardlake.stages.ingest import IngestError, run_ingest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,10 +32,16 @@ def main(argv: list[str] | None = None) -> int:
     except IngestError as err:
         console.print(f"[red]ingest failed:[/red] {err}")
         return 1
+    except (SourceError, SchemaChangeError) as err:  # refused before any write: say why, no traceback
+        console.print(f"[red]ingest refused:[/red] {err}")
+        return 2
     if args.json:
         print(json.dumps(report.to_dict(), default=str))
     else:
         print_ingest(report, Console(width=140))
+    if report.skew_warning:
+        console.print(f"[yellow]warning:[/yellow] shard skew {report.skew_ratio:.3f} (max/mean rows per shard) "
+                      f"is above {config.dataset.skew_warn_ratio}")
     return 0
 
 

@@ -1,0 +1,100 @@
+"""Delta helpers the ingest relies on: one-commit creation with constraints, schema checks, change detection."""
+from __future__ import annotations
+
+import pytest
+from pyspark.sql import types as T
+from pyspark.testing import assertDataFrameEqual
+
+from shardlake import delta_io
+
+SCHEMA = T.StructType([T.StructField("id", T.IntegerType()), T.StructField("v", T.DoubleType()),
+                       T.StructField("shard", T.IntegerType())])
+
+
+def versions(spark, path: str) -> list[tuple[int, str]]:
+    return [(r["version"], r["operation"]) for r in
+            spark.sql(f"DESCRIBE HISTORY delta.`{path}`").orderBy("version").collect()]
+
+
+def test_a_new_table_gets_all_its_constraints_in_one_commit(spark, lake_root):
+    path = str(lake_root / "t")
+    created = delta_io.ensure_table(spark, path, SCHEMA, ["shard"], {"v_pos": "v >= 0", "id_set": "id IS NOT NULL"})
+    assert created
+    assert versions(spark, path) == [(0, "CREATE TABLE")]
+    assert delta_io.table_constraints(spark, path) == {"v_pos": "v >= 0", "id_set": "id IS NOT NULL"}
+
+
+def test_changed_constraints_are_brought_in_line_and_unchanged_ones_cost_no_commit(spark, lake_root):
+    path = str(lake_root / "t")
+    delta_io.ensure_table(spark, path, SCHEMA, ["shard"], {"v_pos": "v >= 0", "old": "id > 0"})
+    delta_io.ensure_table(spark, path, SCHEMA, ["shard"], {"v_pos": "v >= 0", "new": "id < 100"})
+    assert delta_io.table_constraints(spark, path) == {"v_pos": "v >= 0", "new": "id < 100"}
+    assert [op for _, op in versions(spark, path)] == ["CREATE TABLE", "DROP CONSTRAINT", "ADD CONSTRAINT"]
+
+
+def test_a_different_schema_is_refused_with_every_difference_named(spark, lake_root):
+    path = str(lake_root / "t")
+    delta_io.ensure_table(spark, path, SCHEMA)
+    other = T.StructType([T.StructField("id", T.LongType()), T.StructField("shard", T.IntegerType()),
+                          T.StructField("w", T.StringType())])
+    with pytest.raises(delta_io.SchemaChangeError) as caught:
+        delta_io.ensure_table(spark, path, other)
+    assert str(caught.value) == (f"{path}: incoming schema differs from the table: missing column v; new column w "
+                                 "(string); column id: int -> bigint. Set allow_schema_evolution: true in the "
+                                 "dataset config to accept new columns.")
+
+
+def test_evolution_adds_new_columns_only(spark, lake_root):
+    path = str(lake_root / "t")
+    delta_io.ensure_table(spark, path, SCHEMA)
+    wider = T.StructType([*SCHEMA.fields, T.StructField("w", T.StringType())])
+    delta_io.ensure_table(spark, path, wider, allow_evolution=True)
+    assert delta_io.read_version(spark, path).schema == wider
+    narrower = T.StructType(SCHEMA.fields[:2])
+    with pytest.raises(delta_io.SchemaChangeError, match="only added columns can evolve"):
+        delta_io.ensure_table(spark, path, narrower, allow_evolution=True)
+
+
+def test_changed_rows_are_new_keys_and_changed_content_only(spark, lake_root):
+    path = str(lake_root / "t")
+    schema = "id int, h long, v double"
+    spark.createDataFrame([(1, 10, 1.0), (2, 20, 2.0)], schema).write.format("delta").save(path)
+    incoming = spark.createDataFrame([(1, 10, 1.0), (2, 21, 2.5), (3, 30, 3.0)], schema)
+    assertDataFrameEqual(delta_io.changed_rows(spark, path, incoming, ["id"], "h"),
+                         spark.createDataFrame([(2, 21, 2.5), (3, 30, 3.0)], schema))
+
+
+def test_merge_by_key_updates_changed_rows_and_inserts_new_keys(spark, lake_root):
+    path = str(lake_root / "t")
+    schema = "id int, h long, v double"
+    spark.createDataFrame([(1, 10, 1.0), (2, 20, 2.0)], schema).write.format("delta").save(path)
+    incoming = spark.createDataFrame([(2, 21, 2.5), (3, 30, 3.0)], schema)
+    version = delta_io.merge_by_key(spark, path, incoming, ["id"], changed_when="t.h <> s.h")
+    assertDataFrameEqual(delta_io.read_version(spark, path, version),
+                         spark.createDataFrame([(1, 10, 1.0), (2, 21, 2.5), (3, 30, 3.0)], schema))
+    assert delta_io.written_rows(spark, path, version) == 2
+
+
+def test_rows_per_partition_come_from_the_log(spark, lake_root):
+    path = str(lake_root / "t")
+    df = spark.createDataFrame([(i, float(i), i % 3) for i in range(10)], SCHEMA)
+    df.write.format("delta").partitionBy("shard").save(path)
+    assert delta_io.partition_row_counts(spark, path, 0, "shard") == {"0": 4, "1": 3, "2": 3}
+
+
+def test_optimize_compacts_without_changing_content(spark, lake_root):
+    path = str(lake_root / "t")
+    for i in range(3):
+        spark.createDataFrame([(i, 1.0, 0)], SCHEMA).write.format("delta").mode("append").save(path)
+    before = delta_io.read_version(spark, path)
+    version = delta_io.optimize(spark, path)
+    assert versions(spark, path)[-1] == (version, "OPTIMIZE")
+    assertDataFrameEqual(delta_io.read_version(spark, path, version), before)
+    assert len(delta_io.snapshot_files(path, version)) == 1
+
+
+def test_session_settings_are_put_back_after_the_block(spark):
+    key = "spark.databricks.delta.commitInfo.userMetadata"
+    with delta_io.commit_metadata(spark, {"run_id": "r1"}):
+        assert spark.conf.get(key) == '{"run_id": "r1"}'
+    assert spark.conf.get(key, None) is None
