@@ -1,0 +1,186 @@
+"""Ingest benchmark: rows/s, driver memory and the ratio to a plain CSV -> Parquet copy, per size.
+
+For each row count, flights-like data with mess is generated once (libs/shardlake/synth.py,
+kept under --work for later runs), then in the same Spark session:
+
+- plain copy: ``spark.read.csv`` with the declared schema, written as Parquet (what any job that
+  reads the files must at least do);
+- ingest: the real stage (``run_ingest``) with the flights configuration into an empty lake.
+
+Memory is the driver JVM's (in local mode the driver also runs the tasks), read two ways:
+the peak heap of the JVM's memory pools (MemoryPoolMXBean peak usage through ``spark._jvm``,
+reset before each measurement; summed over heap pools, so an upper bound), and the peak resident
+set of the JVM process (VmHWM in /proc/<pid>/status, reset through /proc/<pid>/clear_refs).
+Python's own peak RSS is printed too (the driver program collects only small results).
+
+    python bench/ingest.py                       # 1M, 4M and 16M rows (16M takes long on 2 cores)
+    python bench/ingest.py --rows 200000 800000  # a quick run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # runs as `python bench/ingest.py` as well as `python -m bench.ingest`
+
+from jobs import common  # noqa: E402
+from jobs.generate import known_tailnums  # noqa: E402
+from shardlake import synth  # noqa: E402
+from shardlake.config import load_config  # noqa: E402
+from shardlake.lake import Lake  # noqa: E402
+from shardlake.stages.ingest import run_ingest  # noqa: E402
+from shardlake.transforms.parse import spark_type  # noqa: E402
+
+
+@dataclass
+class Result:
+    rows: int
+    copy_s: float
+    ingest_s: float
+    copy_rows_per_s: float
+    ingest_rows_per_s: float
+    ratio: float
+    ingest_heap_peak_mib: float
+    ingest_heap_sampled_mib: float
+    ingest_jvm_rss_peak_mib: float
+    copy_heap_peak_mib: float
+    copy_jvm_rss_peak_mib: float
+    clean_rows: int
+    quarantined: int
+    duplicates_removed: int
+
+
+class JvmMemory:
+    """Peak memory of the driver JVM during a block: heap pool peaks, sampled heap use, process RSS."""
+
+    def __init__(self, spark):
+        self.jvm = spark._jvm
+        self.pid = int(self.jvm.java.lang.ProcessHandle.current().pid())
+        self.sampled = 0
+        self._stop = threading.Event()
+
+    def _heap_pools(self):
+        pools = self.jvm.java.lang.management.ManagementFactory.getMemoryPoolMXBeans()
+        return [p for p in pools if str(p.getType()) == "Heap memory"]
+
+    def _sample(self) -> None:
+        bean = self.jvm.java.lang.management.ManagementFactory.getMemoryMXBean()
+        while not self._stop.wait(0.5):
+            self.sampled = max(self.sampled, int(bean.getHeapMemoryUsage().getUsed()))
+
+    def __enter__(self) -> "JvmMemory":
+        self.jvm.java.lang.System.gc()
+        for pool in self._heap_pools():
+            pool.resetPeakUsage()
+        try:  # 5 resets the peak resident set (VmHWM) of the process to its current size
+            Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        except OSError:
+            pass
+        self.sampled = 0
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.heap_peak = sum(int(p.getPeakUsage().getUsed()) for p in self._heap_pools())
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        self.rss_peak = next((int(line.split()[1]) * 1024 for line in status.splitlines()
+                              if line.startswith("VmHWM:")), 0)
+
+
+def mib(n: int) -> float:
+    return round(n / 2**20, 1)
+
+
+def generate(spark, rows: int, work: Path, seed: int) -> Path:
+    """Generated CSV for ``rows`` rows under ``work`` (kept: a marker says what the folder holds)."""
+    folder = work / f"flights-{rows}-{seed}"
+    marker = folder / "_GENERATED"
+    if not marker.exists():
+        lines = synth.flights_lines(spark, rows, seed, synth.Mess(), known_tailnums(REPO))
+        synth.write_csv(lines, folder)
+        marker.write_text(json.dumps({"rows": rows, "seed": seed}))
+    return folder
+
+
+def plain_copy(spark, config, folder: Path, out: Path) -> None:
+    """Read the CSV with the declared schema and write it as Parquet: the baseline."""
+    ddl = ", ".join(f"`{c.name}` {spark_type(c.type).simpleString()}" for c in config.dataset.columns)
+    (spark.read.option("header", True).option("nullValue", "NA").schema(ddl).csv(str(folder / "*.csv"))
+     .write.mode("overwrite").parquet(str(out)))
+
+
+def measure(spark, rows: int, work: Path, seed: int, overrides: list[str]) -> Result:
+    folder = generate(spark, rows, work, seed)
+    lake_root = work / f"lake-{rows}"
+    shutil.rmtree(lake_root, ignore_errors=True)
+    config = load_config([REPO / "conf" / "base.yaml"],
+                         [f"lake.root={lake_root}", f"dataset.source.path={folder}/*.csv", *overrides])
+    with JvmMemory(spark) as copy_mem:
+        started = time.monotonic()
+        plain_copy(spark, config, folder, work / f"plain-{rows}")
+        copy_s = time.monotonic() - started
+    with JvmMemory(spark) as ingest_mem:
+        started = time.monotonic()
+        report = run_ingest(spark, Lake.at(lake_root), config.dataset, f"bench-{rows}", REPO)
+        ingest_s = time.monotonic() - started
+    shutil.rmtree(work / f"plain-{rows}", ignore_errors=True)
+    return Result(
+        rows=report.rows_read, copy_s=round(copy_s, 1), ingest_s=round(ingest_s, 1),
+        copy_rows_per_s=round(rows / copy_s), ingest_rows_per_s=round(report.rows_read / ingest_s),
+        ratio=round(copy_s / ingest_s, 3),
+        ingest_heap_peak_mib=mib(ingest_mem.heap_peak), ingest_heap_sampled_mib=mib(ingest_mem.sampled),
+        ingest_jvm_rss_peak_mib=mib(ingest_mem.rss_peak), copy_heap_peak_mib=mib(copy_mem.heap_peak),
+        copy_jvm_rss_peak_mib=mib(copy_mem.rss_peak), clean_rows=report.clean_rows,
+        quarantined=report.quarantined, duplicates_removed=report.duplicates_removed,
+    )
+
+
+def print_results(results: list[Result]) -> None:
+    print(f"{'rows':>10} {'copy s':>7} {'ingest s':>8} {'copy rows/s':>11} {'ingest rows/s':>13} {'ratio':>6} "
+          f"{'s/M rows':>8} {'heap peak':>9} {'heap smpl':>9} {'JVM RSS':>8}")
+    for r in results:
+        print(f"{r.rows:>10} {r.copy_s:>7} {r.ingest_s:>8} {r.copy_rows_per_s:>11} {r.ingest_rows_per_s:>13} "
+              f"{r.ratio:>6} {r.ingest_s / (r.rows / 1e6):>8.1f} {r.ingest_heap_peak_mib:>8}M "
+              f"{r.ingest_heap_sampled_mib:>8}M {r.ingest_jvm_rss_peak_mib:>7}M")
+    print("ratio = plain copy time / ingest time (ingest throughput as a share of the copy's; target >= 0.8)")
+    print(f"python driver peak RSS: {mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}M")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark for each size; print the table and write results.json under --work."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 4_000_000, 16_000_000])
+    p.add_argument("--work", default="/tmp/shardlake-bench", help="generated data, lakes and results")
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--warmup-rows", type=int, default=50_000, help="a first, unreported round (JIT warm-up)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (spark.settings...)")
+    args = p.parse_args(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    config = load_config([REPO / "conf" / "base.yaml"], args.overrides)
+    spark, _ = common.start(config)
+    if args.warmup_rows:
+        measure(spark, args.warmup_rows, work, args.seed, args.overrides)
+    results = []
+    for rows in args.rows:
+        results.append(measure(spark, rows, work, args.seed, args.overrides))
+        print(json.dumps(asdict(results[-1])), flush=True)
+        (work / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
+    print_results(results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""Datasets are onboarded by one YAML file: the flights declaration and what a new one needs (no Spark)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shardlake.config import ConfigError, load_config
+from shardlake.stages.ingest import all_rule_names, table_constraints
+
+REPO = Path(__file__).resolve().parent.parent
+BASE = REPO / "conf" / "base.yaml"
+
+
+def test_flights_keeps_its_key_features_and_label():
+    spec = load_config([BASE]).dataset
+    assert spec.key == ["year", "month", "day", "carrier", "flight", "origin", "sched_dep_time"]
+    assert spec.features.numeric == ["sched_dep_hour", "distance", "month", "day_of_week", "temp", "humid",
+                                     "wind_speed", "precip", "visib", "seats", "engines"]
+    assert spec.features.categorical == ["carrier", "origin", "dest"]
+    assert (spec.label.column, spec.label.kind) == ("delayed", "binary")
+
+
+def test_flights_joins_weather_by_origin_and_hour_and_planes_by_tail_number():
+    joins = {j.name: (j.keys, j.select) for j in load_config([BASE]).dataset.joins}
+    assert joins == {"weather": ({"origin": "origin", "time_hour": "time_hour"},
+                                 ["temp", "humid", "wind_speed", "precip", "visib"]),
+                     "planes": ({"tailnum": "tailnum"}, ["seats", "engines"])}
+
+
+def test_every_dataset_file_under_conf_validates():
+    for path in sorted((REPO / "conf" / "datasets").glob("*.yaml")):
+        assert load_config([BASE], [f"dataset={path}"]).dataset.name == path.stem
+
+
+def test_flights_rules_become_delta_check_constraints():
+    constraints = table_constraints(load_config([BASE]).dataset)
+    assert constraints["range_month"] == "month IS NULL OR (month >= 1.0 AND month <= 12.0)"
+    assert constraints["pattern_carrier"] == "carrier IS NULL OR carrier RLIKE '^[A-Z0-9]{2}$'"
+    assert constraints["allowed_origin"] == "origin IS NULL OR origin IN ('EWR', 'JFK', 'LGA')"
+    assert constraints["required_sched_dep_time"] == "sched_dep_time IS NOT NULL"
+
+
+def test_a_pattern_with_quotes_and_backslashes_is_a_valid_sql_literal(tmp_path):
+    spec = _dataset(tmp_path, "rules: {patterns: {code: \"^\\\\d+'x$\"}}\n")
+    assert table_constraints(spec)["pattern_code"] == "code IS NULL OR code RLIKE '^\\\\d+\\'x$'"
+
+
+def test_rule_names_cover_parse_type_and_declared_rules():
+    names = all_rule_names(load_config([BASE]).dataset)
+    assert names[:3] == ["malformed", "encoding", "type:year"]
+    assert {"required:year", "range:distance", "allowed:origin", "pattern:dest", "finite:air_time"} <= set(names)
+
+
+def _dataset(tmp_path: Path, extra: str):
+    path = tmp_path / "events.yaml"
+    path.write_text(
+        "name: events\n"
+        "source: {format: json, path: data/*.json}\n"
+        "columns: [{name: id, type: bigint}, {name: code, type: string}, {name: at, type: timestamp}]\n"
+        "key: [id]\n"
+        "features: {categorical: [code]}\n"
+        "label: {column: code, kind: binary}\n" + extra)
+    return load_config([BASE], [f"dataset={path}"]).dataset
+
+
+def test_a_json_dataset_needs_nothing_but_its_yaml(tmp_path):
+    spec = _dataset(tmp_path, "shards: 16\n")
+    assert (spec.source.format, spec.source.path, spec.shards, spec.key) == ("json", "data/*.json", 16, ["id"])
+
+
+def test_a_rule_on_an_unknown_column_is_refused_naming_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"rules.ranges names unknown column\(s\) \['price'\]"):
+        _dataset(tmp_path, "rules: {ranges: {price: {min: 0}}}\n")
