@@ -5,15 +5,16 @@ The plan, and why it is shaped this way (the cost is in passes over the data and
 1. Source files are checked against the declared schema (a changed source is refused before any
    Spark job), read as raw text, parsed, joined, derived, checked against every rule, and given
    a shard and a split. All of this is one narrow pipeline.
-2. One window over (split, shard, key) marks each row clean / invalid / duplicate / superseded.
-   It needs the only shuffle of the run: a hash exchange on (shard, key).
+2. One window over the key marks each row clean / invalid / duplicate / superseded. It needs
+   the only shuffle of the parse: a hash exchange on (shard, key), placed before the columns
+   the window compares are built, so they do not travel through it.
 3. The marked rows are cached and one aggregation computes every count of the report (rows
    read, per fate, per rule) and the fill statistics of the training split. In fail_fast mode
    the first bad row raises inside this pass, before any table exists or changes.
-4. The quarantine and the clean rows are written from the cache with a MERGE by key that
-   rewrites only rows whose content changed (idempotent). Even a first load MERGEs: two
-   concurrent first loads must conflict (and the loser retry), not both append.
-   The window's sort order is already (split, shard, ...), so the partitioned write does not sort.
+4. The quarantine and the clean rows are written from the cache with a MERGE by key. Even a
+   first load MERGEs: two concurrent first loads must conflict (and the loser retry), not both
+   append. Into a table that has rows, only rows whose (key, content hash) is not there yet are
+   merged, so a re-run of the same input commits nothing (content identical, no new version).
 5. What Delta recorded is checked against the counts (rows read = clean + quarantined +
    duplicates removed, and each table got exactly its rows); on any failure both tables are
    restored to their versions before the run.
