@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from shardlake.training.distributor import TorchComm
+from shardlake.training.distributor import TorchComm, leave_process_group
 from shardlake.training.worker import _lockstep
 
 WORLD = 2
@@ -49,7 +49,8 @@ def _scenario(rank: int, port: int, out: str) -> None:
     optimizer.step()
     seen["after_step"] = model.weight.detach().flatten().tolist()
     seen["result"] = comm.broadcast_result({"rank": rank, "value": rank * 7})
-    dist.destroy_process_group()
+    del train_model, optimizer, model
+    leave_process_group()
     Path(out, f"rank-{rank}.json").write_text(json.dumps(seen))
 
 
