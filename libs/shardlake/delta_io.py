@@ -153,10 +153,25 @@ def session_conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[N
                 spark.conf.set(key, value)
 
 
+USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+
+
 def commit_metadata(spark: SparkSession, metadata: Mapping[str, object]):
     """Attach JSON metadata (run id, counts) to the Delta commits made inside the block."""
-    return session_conf(spark, {"spark.databricks.delta.commitInfo.userMetadata":
-                                json.dumps(metadata, sort_keys=True, default=str)})
+    return session_conf(spark, {USER_METADATA: json.dumps(metadata, sort_keys=True, default=str)})
+
+
+def own_commit(spark: SparkSession, path: str, after: int) -> int | None:
+    """The newest version after ``after`` that carries this session's commit metadata, if any.
+
+    "The latest version" right after a write may already be a concurrent writer's commit; the
+    commit metadata (which holds the run id) says which one is ours.
+    """
+    marker = spark.conf.get(USER_METADATA, None)
+    history = DeltaTable.forPath(spark, path).history().where(F.col("version") > after)
+    if marker:
+        history = history.where(F.col("userMetadata") == marker)
+    return history.agg(F.max("version")).first()[0]
 
 
 def append(spark: SparkSession, path: str, source: DataFrame) -> int:
@@ -187,11 +202,13 @@ def merge_by_key(
     condition = " AND ".join(f"t.`{c}` <=> s.`{c}`" for c in [*prune_on, *key])
 
     def attempt() -> int:
+        before = latest_version(spark, path)
         merge = DeltaTable.forPath(spark, path).alias("t").merge(source.alias("s"), condition)
         if update:
             merge = merge.whenMatchedUpdateAll(condition=changed_when)
         merge.whenNotMatchedInsertAll().execute()
-        return latest_version(spark, path)
+        mine = own_commit(spark, path, before)
+        return latest_version(spark, path) if mine is None else mine
 
     return retry_on_conflict(attempt, path)
 
@@ -239,6 +256,25 @@ def restore(spark: SparkSession, path: str, version: int) -> None:
     """Put the table back to ``version`` (a new commit with that version's content), if it moved on."""
     if latest_version(spark, path) != version:
         spark.sql(f"RESTORE TABLE delta.`{path}` TO VERSION AS OF {version}")
+
+
+class UndoError(RuntimeError):
+    """A failed run's own commit could not be undone without undoing another writer's."""
+
+
+def undo_commit(spark: SparkSession, path: str, version: int) -> None:
+    """Undo this run's commit ``version`` by restoring ``version - 1``, only while it is the newest.
+
+    Restoring to "the version before the run" would also undo whatever a concurrent writer
+    committed meanwhile; with a later commit on top of ours, refuse and say how to undo by hand.
+    """
+    latest = latest_version(spark, path)
+    if latest == version:
+        spark.sql(f"RESTORE TABLE delta.`{path}` TO VERSION AS OF {version - 1}")
+        return
+    raise UndoError(f"{path}: version {version} was written by the failed run, but {latest - version} later "
+                    f"commit(s) by another writer followed it, so it was not undone (that would undo theirs too); "
+                    f"inspect DESCRIBE HISTORY delta.`{path}` and revert version {version} by hand")
 
 
 def optimize(spark: SparkSession, path: str) -> int:

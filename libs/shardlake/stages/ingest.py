@@ -16,8 +16,8 @@ The plan, and why it is shaped this way (the cost is in passes over the data and
    append. Into a table that has rows, only rows whose (key, content hash) is not there yet are
    merged, so a re-run of the same input commits nothing (content identical, no new version).
 5. What Delta recorded is checked against the counts (rows read = clean + quarantined +
-   duplicates removed, and each table got exactly its rows); on any failure both tables are
-   restored to their versions before the run.
+   duplicates removed, and each table got exactly its rows); on any failure the run's own
+   commits (found by run id in the commit metadata) are undone, never a concurrent writer's.
 6. Rows per shard come from the Delta log (no scan); feature statistics of the training split
    of the new version are stored with the run in the ``ingest_runs`` table.
 
@@ -347,10 +347,23 @@ def _write_tables(spark: SparkSession, spec: DatasetSpec, report: IngestReport, 
         _check_written(spark, clean_path, report.table_version, before[clean_path], merged, "new or changed clean")
         report.quarantine_version = _latest_if_none(spark, quarantine_path, report.quarantine_version)
         report.table_version = _latest_if_none(spark, clean_path, report.table_version)
-    except BaseException:
-        for path, version in before.items():
-            delta_io.restore(spark, path, version)
+    except BaseException as err:
+        _undo_run(spark, {quarantine_path: report.quarantine_version, clean_path: report.table_version},
+                  before, err)
         raise
+
+
+def _undo_run(spark: SparkSession, written: dict[str, int | None], before: dict[str, int],
+              err: BaseException) -> None:
+    """Undo each commit this run made (its own, found by run id), never a concurrent writer's."""
+    for path, version in written.items():
+        if version is None or version == before[path]:
+            continue
+        try:
+            delta_io.undo_commit(spark, path, version)
+        except delta_io.UndoError as undo_err:
+            log.error("%s", undo_err)
+            err.add_note(str(undo_err))
 
 
 def _latest_if_none(spark: SparkSession, path: str, version: int | None) -> int:
@@ -394,7 +407,8 @@ def run_ingest(
 
     ``mode='fail_fast'`` aborts at the first row that breaks a rule, before any table is created
     or changed. Re-running on the same input leaves table content identical. If a write or the
-    accounting check fails, both tables are restored to their versions before the run.
+    accounting check fails, the commits this run made are undone (RESTORE to the version before
+    each), unless another writer committed on top of them: then the error says so.
     """
     if mode not in ("quarantine", "fail_fast"):
         raise ValueError(f"mode must be 'quarantine' or 'fail_fast', got {mode!r}")
