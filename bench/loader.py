@@ -36,6 +36,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
@@ -67,7 +68,7 @@ def synthetic_files(rows: int, folder: Path, files: int = 8) -> list[str]:
     paths = []
     for i, part in enumerate(np.array_split(frame, files)):
         path = folder / f"part-{i:03d}.parquet"
-        pq.write_table(pq.pa.Table.from_pandas(part, preserve_index=False), path, row_group_size=len(part))
+        pq.write_table(pa.Table.from_pandas(part, preserve_index=False), path, row_group_size=len(part))
         paths.append(str(path))
     return paths
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -163,22 +162,6 @@ def changed_condition(kind: str, label: str | None) -> str:
     return " OR ".join(parts)
 
 
-@contextmanager
-def _spark_conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[None]:
-    """Session settings for the block only."""
-    previous = {k: spark.conf.get(k, None) for k in settings}
-    for k, v in settings.items():
-        spark.conf.set(k, v)
-    try:
-        yield
-    finally:
-        for k, v in previous.items():
-            if v is None:
-                spark.conf.unset(k)
-            else:
-                spark.conf.set(k, v)
-
-
 def write_predictions(spark: SparkSession, path: str, predictions: DataFrame, key: Sequence[str], model_version: str,
                       changed_when: str | None, metadata: Mapping[str, object]) -> None:
     """MERGE predictions in one commit: insert new keys, update rows where ``changed_when`` (None: insert only).
@@ -200,7 +183,7 @@ def write_predictions(spark: SparkSession, path: str, predictions: DataFrame, ke
     if changed_when is not None:
         merge = merge.whenMatchedUpdateAll(condition=changed_when)
     with delta_io.commit_metadata(spark, metadata), \
-            _spark_conf(spark, {"spark.databricks.delta.merge.materializeSource": "all"}):
+            delta_io.session_conf(spark, {"spark.databricks.delta.merge.materializeSource": "all"}):
         merge.whenNotMatchedInsertAll().execute()
 
 
