@@ -63,6 +63,7 @@ reliability: install airflow-install
 	$(VENV)/bin/pytest -m reliability
 
 bench: install
+	$(PY) bench/ingest.py --rows 1000000 4000000
 	$(PY) bench/loader.py
 	$(PY) bench/train.py
 	$(PY) bench/infer.py
