@@ -33,6 +33,8 @@ average 7-10 on 2 cores), so single figures move by 2x between runs:
     Spark read only, no Python                 581,000          518,000
     map stage / limit                            0.30x            0.41x   target >= 0.7x: NOT met
     map stage / row UDF                          425x             224x    target >= 20x: met
+Session 2, same machine, nothing else running: limit 2,819,156 rows/s (2 torch threads), map stage
+598,415 (0.21x), row UDF 2,529 (237x), Spark read only 1,172,302 (0.42x the limit).
 The gap to the limit is Spark's JVM side, not the scoring: Spark only reading the same columns
 (Parquet -> rows -> noop, no Python at all) reaches ~0.7-1.2x the limit, and the Arrow round trip
 to the Python workers and back shares the same 2 cores. mapInPandas was ~3x slower than

@@ -26,6 +26,13 @@ step on this contended machine whatever HOROVOD_CYCLE_TIME (0.1-10 ms), torch DD
 ~1-4 ms. With two ranks on two busy cores the collectives, not the loader, set the pace; the
 target (>= 0.9 per worker) holds against loops that share the cores the same way, not against a
 loop that has a core to itself.
+
+Session 2, the same machine with nothing else running (flights v16, batch 1024, --threads 1):
+horovod x1 0.91, torch_distributor x1 0.78, horovod x2 0.31, torch_distributor x2 0.42. Horovod x2
+with larger batches: 0.43 (8192), 0.53 (16384); 2M synthetic rows, batch 4096: 0.49. A bare
+2-rank Horovod step of a small MLP (0.5 ms of compute) took 2-6 ms whatever HOROVOD_CYCLE_TIME
+(0.1, 1, 5 ms) and with all gradients in one group (``groups=1``): with two ranks on two cores,
+each rank's reader, Horovod and Gloo threads take their time from the training thread.
 """
 from __future__ import annotations
 
