@@ -211,7 +211,8 @@ class TrainSettings(_Strict):
     torch_threads: int | None = Field(default=None, ge=1,
                                       description="intra-op threads per rank on CPU; None = cores / ranks")
     start_timeout_s: int = Field(default=600, ge=10)
-    promote_threshold: float = Field(default=0.6, description="validation metric needed for production")
+    promote_threshold: float = Field(default=0.6, description=(
+        "validation metric a model must reach for production: a floor for AUC (binary), a ceiling for RMSE (regression)"))
 
 
 class InferSettings(_Strict):
