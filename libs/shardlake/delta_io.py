@@ -1,8 +1,9 @@
 """Delta table writes and reads with the guarantees jobs rely on: idempotent, versioned, exact.
 
 Commits are the expensive part of small Delta writes (each one reloads the table's snapshot), so
-a new table is created with its CHECK constraints in one commit, and a write into an empty table
-is a plain append rather than a MERGE.
+a new table is created with its CHECK constraints in one commit. Writes by key are always a MERGE,
+even into an empty table (two concurrent first loads must conflict, not both append), and a
+writer finds its own commit by the commit metadata it attached, not by "the latest version".
 """
 from __future__ import annotations
 
