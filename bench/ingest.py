@@ -5,7 +5,10 @@ kept under --work for later runs), then in the same Spark session:
 
 - plain copy: ``spark.read.csv`` with the declared schema, written as Parquet (what any job that
   reads the files must at least do);
-- ingest: the real stage (``run_ingest``) with the flights configuration into an empty lake.
+- ingest: the real stage (``run_ingest``) with the flights configuration into an empty lake;
+- floor (diagnostic): the least any ingest with these semantics must do: the same native read,
+  one row per key (a window over the key, as key duplicates need) and a Delta write. Its ratio
+  to the copy bounds what the real ingest can reach on this machine.
 
 Memory is the driver JVM's (in local mode the driver also runs the tasks), read two ways:
 the peak heap of the JVM's memory pools (MemoryPoolMXBean peak usage through ``spark._jvm``,
@@ -40,6 +43,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # runs as `python bench/ingest.py` as well as `python -m bench.ingest`
 
+from pyspark.sql import Window  # noqa: E402
+from pyspark.sql import functions as F  # noqa: E402
+
 from jobs import common  # noqa: E402
 from jobs.generate import known_tailnums  # noqa: E402
 from shardlake import synth  # noqa: E402
@@ -53,10 +59,12 @@ from shardlake.transforms.parse import spark_type  # noqa: E402
 class Result:
     rows: int
     copy_s: float
+    floor_s: float
     ingest_s: float
     copy_rows_per_s: float
     ingest_rows_per_s: float
     ratio: float
+    floor_ratio: float
     ingest_heap_peak_mib: float
     ingest_heap_sampled_mib: float
     ingest_jvm_rss_peak_mib: float
@@ -123,11 +131,24 @@ def generate(spark, rows: int, work: Path, seed: int) -> Path:
     return folder
 
 
+def native_read(spark, config, folder: Path):
+    """The CSV read with the declared schema by Spark's own parser."""
+    ddl = ", ".join(f"`{c.name}` {spark_type(c.type).simpleString()}" for c in config.dataset.columns)
+    return spark.read.option("header", True).option("nullValue", "NA").schema(ddl).csv(str(folder / "*.csv"))
+
+
 def plain_copy(spark, config, folder: Path, out: Path) -> None:
     """Read the CSV with the declared schema and write it as Parquet: the baseline."""
-    ddl = ", ".join(f"`{c.name}` {spark_type(c.type).simpleString()}" for c in config.dataset.columns)
-    (spark.read.option("header", True).option("nullValue", "NA").schema(ddl).csv(str(folder / "*.csv"))
-     .write.mode("overwrite").parquet(str(out)))
+    native_read(spark, config, folder).write.mode("overwrite").parquet(str(out))
+
+
+def floor_copy(spark, config, folder: Path, out: Path) -> None:
+    """The native read, one row per key (window over the key) and a Delta write: no rules, no joins."""
+    key = config.dataset.key
+    order = F.col(config.dataset.order_by).desc_nulls_last() if config.dataset.order_by else F.col(key[0])
+    latest = F.row_number().over(Window.partitionBy(*key).orderBy(order))
+    (native_read(spark, config, folder).withColumn("_n", latest).where(F.col("_n") == 1).drop("_n")
+     .write.format("delta").mode("overwrite").save(str(out)))
 
 
 def measure(spark, rows: int, work: Path, seed: int, overrides: list[str]) -> Result:
@@ -140,15 +161,19 @@ def measure(spark, rows: int, work: Path, seed: int, overrides: list[str]) -> Re
         started = time.monotonic()
         plain_copy(spark, config, folder, work / f"plain-{rows}")
         copy_s = time.monotonic() - started
+    started = time.monotonic()
+    floor_copy(spark, config, folder, work / f"floor-{rows}")
+    floor_s = time.monotonic() - started
     with JvmMemory(spark) as ingest_mem:
         started = time.monotonic()
         report = run_ingest(spark, Lake.at(lake_root), config.dataset, f"bench-{rows}", REPO)
         ingest_s = time.monotonic() - started
-    shutil.rmtree(work / f"plain-{rows}", ignore_errors=True)
+    for leftover in ("plain", "floor"):
+        shutil.rmtree(work / f"{leftover}-{rows}", ignore_errors=True)
     return Result(
-        rows=report.rows_read, copy_s=round(copy_s, 1), ingest_s=round(ingest_s, 1),
+        rows=report.rows_read, copy_s=round(copy_s, 1), floor_s=round(floor_s, 1), ingest_s=round(ingest_s, 1),
         copy_rows_per_s=round(rows / copy_s), ingest_rows_per_s=round(report.rows_read / ingest_s),
-        ratio=round(copy_s / ingest_s, 3),
+        ratio=round(copy_s / ingest_s, 3), floor_ratio=round(copy_s / floor_s, 3),
         ingest_heap_peak_mib=mib(ingest_mem.heap_peak), ingest_heap_sampled_mib=mib(ingest_mem.sampled),
         ingest_jvm_rss_peak_mib=mib(ingest_mem.rss_peak), copy_heap_peak_mib=mib(copy_mem.heap_peak),
         copy_jvm_rss_peak_mib=mib(copy_mem.rss_peak), clean_rows=report.clean_rows,
@@ -157,13 +182,14 @@ def measure(spark, rows: int, work: Path, seed: int, overrides: list[str]) -> Re
 
 
 def print_results(results: list[Result]) -> None:
-    print(f"{'rows':>10} {'copy s':>7} {'ingest s':>8} {'copy rows/s':>11} {'ingest rows/s':>13} {'ratio':>6} "
-          f"{'s/M rows':>8} {'heap peak':>9} {'heap smpl':>9} {'JVM RSS':>8}")
+    print(f"{'rows':>10} {'copy s':>7} {'floor s':>7} {'ingest s':>8} {'copy rows/s':>11} {'ingest rows/s':>13} "
+          f"{'ratio':>6} {'floor':>6} {'s/M rows':>8} {'heap peak':>9} {'heap smpl':>9} {'JVM RSS':>8}")
     for r in results:
-        print(f"{r.rows:>10} {r.copy_s:>7} {r.ingest_s:>8} {r.copy_rows_per_s:>11} {r.ingest_rows_per_s:>13} "
-              f"{r.ratio:>6} {r.ingest_s / (r.rows / 1e6):>8.1f} {r.ingest_heap_peak_mib:>8}M "
+        print(f"{r.rows:>10} {r.copy_s:>7} {r.floor_s:>7} {r.ingest_s:>8} {r.copy_rows_per_s:>11} "
+              f"{r.ingest_rows_per_s:>13} {r.ratio:>6} {r.floor_ratio:>6} {r.ingest_s / (r.rows / 1e6):>8.1f} {r.ingest_heap_peak_mib:>8}M "
               f"{r.ingest_heap_sampled_mib:>8}M {r.ingest_jvm_rss_peak_mib:>7}M")
     print("ratio = plain copy time / ingest time (ingest throughput as a share of the copy's; target >= 0.8)")
+    print("floor = plain copy time / (native read + one row per key + Delta write): the best any ingest could do")
     print(f"python driver peak RSS: {mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}M")
 
 

@@ -101,11 +101,18 @@ def cast_columns(df: DataFrame, columns: Sequence[tuple[str, str]], null_values:
         value = F.trim(F.col(name)) if trim else F.col(name)
         return F.when(value.isin(nulls), F.lit(None).cast("string")).otherwise(value)
 
+    cast = [name for name, kind in columns if kind != "string"]
     cleaned = df.select(*RAW_COLUMNS, PARSE_ERRORS, *[present(name).alias(name) for name, _ in columns])
-    # try_cast has no Column method in PySpark 3.5; the SQL form is the same expression.
-    typed = {name: F.col(name) if kind == "string" else F.expr(f"try_cast(`{name}` AS {spark_type(kind).simpleString()})")
-             for name, kind in columns}
-    failures = [F.when(F.col(name).isNotNull() & typed[name].isNull(), F.lit(f"type:{name}"))
-                for name, kind in columns if kind != "string"]
+    # Each value is cast once, in its own projection, and the failure check reads the result:
+    # written inside the check, the cast would run twice (it sits under a short-circuit AND,
+    # which Spark's common-subexpression elimination does not share). try_cast has no Column
+    # method in PySpark 3.5; the SQL form is the same expression.
+    typed = cleaned.select(
+        *RAW_COLUMNS, PARSE_ERRORS, *[F.col(name).alias(f"_text_{name}") for name in cast],
+        *[F.col(name) if kind == "string"
+          else F.expr(f"try_cast(`{name}` AS {spark_type(kind).simpleString()})").alias(name)
+          for name, kind in columns])
+    failures = [F.when(F.col(f"_text_{name}").isNotNull() & F.col(name).isNull(), F.lit(f"type:{name}"))
+                for name in cast]
     errors = F.concat(F.col(PARSE_ERRORS), F.array_compact(F.array(*failures))) if failures else F.col(PARSE_ERRORS)
-    return cleaned.select(*RAW_COLUMNS, *[typed[name].alias(name) for name, _ in columns], errors.alias(PARSE_ERRORS))
+    return typed.select(*RAW_COLUMNS, *[name for name, _ in columns], errors.alias(PARSE_ERRORS))
