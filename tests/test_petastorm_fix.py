@@ -79,6 +79,13 @@ def test_install_makes_batch_readers_use_the_fixed_pool(parquet_file):
         assert isinstance(reader._workers_pool, OrderedEndThreadPool)
 
 
+def test_a_reader_leaves_stdout_alone_after_install(parquet_file, capfd):
+    install()
+    with make_batch_reader(file_urls([parquet_file]), num_epochs=1) as reader:
+        list(reader)
+    assert capfd.readouterr().out == ""
+
+
 def test_columnar_results_give_strings_as_categorical_codes(parquet_file):
     with make_batch_reader(file_urls([parquet_file]), num_epochs=1, shuffle_row_groups=False) as reader:
         chunk = next(iter(columnar_results(reader)))

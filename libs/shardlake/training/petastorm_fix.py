@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
@@ -25,6 +26,8 @@ import pyarrow.compute as pc
 import petastorm.reader
 from petastorm.workers_pool import EmptyResultError
 from petastorm.workers_pool.thread_pool import ThreadPool
+
+log = logging.getLogger(__name__)
 
 
 class OrderedEndThreadPool(ThreadPool):
@@ -39,11 +42,22 @@ def install() -> None:
     """Make make_batch_reader/make_reader build the fixed pool (idempotent).
 
     Also silences the deprecation warnings Petastorm's use of pyarrow's legacy API raises on every
-    read (known and pinned: ../shared/STACK.md), which otherwise bury each rank's log.
+    read (known and pinned: ../shared/STACK.md), and the ``print("Cache cleanup complete.")`` of
+    every reader's exit (once per epoch per rank), which otherwise bury each rank's log.
     """
     petastorm.reader.ThreadPool = OrderedEndThreadPool
+    petastorm.reader.Reader.cleanup_cache = _quiet_cleanup_cache
     for category in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category, module=r"petastorm(\..*)?$")
+
+
+def _quiet_cleanup_cache(self) -> None:
+    """Petastorm's Reader.cleanup_cache without its unconditional print; errors are logged."""
+    if isinstance(self.cache, petastorm.reader.LocalDiskCache):
+        try:
+            self.cache.cleanup()
+        except (OSError, AttributeError) as err:
+            log.warning("petastorm cache cleanup failed: %s", err)
 
 
 def column_values(column: pa.ChunkedArray) -> np.ndarray | pd.Categorical:
