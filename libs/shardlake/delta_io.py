@@ -253,12 +253,6 @@ def written_rows(spark: SparkSession, path: str, version: int) -> int:
     return -1
 
 
-def restore(spark: SparkSession, path: str, version: int) -> None:
-    """Put the table back to ``version`` (a new commit with that version's content), if it moved on."""
-    if latest_version(spark, path) != version:
-        spark.sql(f"RESTORE TABLE delta.`{path}` TO VERSION AS OF {version}")
-
-
 class UndoError(RuntimeError):
     """A failed run's own commit could not be undone without undoing another writer's."""
 
