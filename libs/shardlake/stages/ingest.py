@@ -326,7 +326,7 @@ def _first_pass(report: IngestReport, marked: DataFrame, spec: DatasetSpec) -> N
 def _write_tables(spark: SparkSession, spec: DatasetSpec, report: IngestReport, clean_df: DataFrame,
                   quarantine_df: DataFrame, clean_path: str, quarantine_path: str,
                   progress: Callable[[str], None], stack: ExitStack) -> None:
-    """Quarantine first, then the clean table; check what Delta recorded; undo this run.s own commits on any failure."""
+    """Quarantine first, then the clean table; check what Delta recorded; undo this run's own commits on any failure."""
     # Two first runs may create the same table at once: the loser retries and finds it there.
     delta_io.retry_on_conflict(lambda: delta_io.ensure_table(
         spark, clean_path, clean_df.schema, (C.SPLIT, C.SHARD), table_constraints(spec),
