@@ -256,14 +256,12 @@ def _check_counts(report: IngestReport) -> None:
         )
 
 
-def _check_written(spark: SparkSession, path: str, version: int | None, before: int, expected: int,
-                   what: str) -> None:
-    """The commit that wrote ``what`` took exactly ``expected`` rows (as Delta itself recorded it).
+def _check_written(spark: SparkSession, path: str, version: int | None, expected: int, what: str) -> None:
+    """This run's commit ``version`` took exactly ``expected`` rows (as Delta itself recorded it).
 
-    No new version means Delta found nothing to change (every row already there, unchanged), so
-    there is no commit to check.
+    None means the run had no rows for the table and made no commit, so there is none to check.
     """
-    if version is None or version == before:
+    if version is None:
         return
     written = delta_io.written_rows(spark, path, version)
     if written != expected:
@@ -333,7 +331,6 @@ def _write_tables(spark: SparkSession, spec: DatasetSpec, report: IngestReport, 
         spec.allow_schema_evolution), clean_path)
     delta_io.retry_on_conflict(lambda: delta_io.ensure_table(spark, quarantine_path, QUARANTINE_SCHEMA),
                                quarantine_path)
-    before = {p: delta_io.latest_version(spark, p) for p in (clean_path, quarantine_path)}
     report.write_mode = "merge into empty table" if delta_io.is_empty(spark, clean_path) else "merge"
     try:
         with delta_io.commit_metadata(spark, {"run_id": report.run_id, "fill_values": report.fill_values}):
@@ -342,22 +339,20 @@ def _write_tables(spark: SparkSession, spec: DatasetSpec, report: IngestReport, 
                                                ["record_id"], update=False)
             progress(f"writing the clean table ({report.write_mode})")
             merged = _write_clean(spark, clean_path, clean_df, report, spec, stack)
-        _check_written(spark, quarantine_path, report.quarantine_version, before[quarantine_path],
-                       report.quarantined, "quarantine")
-        _check_written(spark, clean_path, report.table_version, before[clean_path], merged, "new or changed clean")
-        report.quarantine_version = _latest_if_none(spark, quarantine_path, report.quarantine_version)
-        report.table_version = _latest_if_none(spark, clean_path, report.table_version)
+        _check_written(spark, quarantine_path, report.quarantine_version, report.quarantined, "quarantine")
+        _check_written(spark, clean_path, report.table_version, merged, "new or changed clean")
     except BaseException as err:
-        _undo_run(spark, {quarantine_path: report.quarantine_version, clean_path: report.table_version},
-                  before, err)
+        _undo_run(spark, {quarantine_path: report.quarantine_version, clean_path: report.table_version}, err)
         raise
+    # Only now may a version that is not this run's own commit stand in for one that was not made.
+    report.quarantine_version = _latest_if_none(spark, quarantine_path, report.quarantine_version)
+    report.table_version = _latest_if_none(spark, clean_path, report.table_version)
 
 
-def _undo_run(spark: SparkSession, written: dict[str, int | None], before: dict[str, int],
-              err: BaseException) -> None:
+def _undo_run(spark: SparkSession, written: dict[str, int | None], err: BaseException) -> None:
     """Undo each commit this run made (its own, found by run id), never a concurrent writer's."""
     for path, version in written.items():
-        if version is None or version == before[path]:
+        if version is None:
             continue
         try:
             delta_io.undo_commit(spark, path, version)
