@@ -98,14 +98,22 @@ def test_rerun_writes_nothing_twice(spark, lake, full_run):
     assertDataFrameEqual(_predictions(spark, lake, "full"), before)
 
 
+def _scored_then_grown(spark, lake: Lake, dataset: str, first, new, **write) -> tuple[list, int]:
+    """v0 = ``first``, scored by a full run on 2024-01-01; then ``new`` appended as v1.
+
+    Returns the predictions after the first run and the clean table's new version.
+    """
+    D.write_clean(spark, lake, dataset, first)
+    run_infer(spark, lake, D.config(lake, dataset), "2024-01-01", model_version="mb")
+    before = _predictions(spark, lake, dataset).collect()
+    return before, D.write_clean(spark, lake, dataset, new, **write)
+
+
 @pytest.fixture(scope="module")
 def incremental_run(spark, lake):
     """Dataset 'incr': a full run on 100 rows (v0), 30 new keys appended (v1), then an incremental run."""
-    first, new = D.rows(100, seed=3), D.rows(30, start=5000, seed=3)
-    D.write_clean(spark, lake, "incr", first)
-    run_infer(spark, lake, D.config(lake, "incr"), "2024-01-01", model_version="mb")
-    old_rows = _predictions(spark, lake, "incr").collect()
-    version = D.write_clean(spark, lake, "incr", new)
+    new = D.rows(30, start=5000, seed=3)
+    old_rows, version = _scored_then_grown(spark, lake, "incr", D.rows(100, seed=3), new)
     report = run_infer(spark, lake, D.config(lake, "incr"), "2024-01-02", model_version="mb", incremental=True)
     return {"old_rows": old_rows, "new": new, "version": version, "report": report}
 
@@ -133,12 +141,8 @@ def test_incremental_run_with_no_new_keys_writes_nothing(spark, lake, incrementa
 def failed_run(spark, lake):
     """Dataset 'fail': a complete run on v0, then new rows (v1) and a run whose map task raises mid-write."""
     first, new = D.rows(80, seed=4), D.rows(60, start=7000, seed=4)
-    D.write_clean(spark, lake, "fail", first)
-    run_infer(spark, lake, D.config(lake, "fail"), "2024-01-01", model_version="mb")
-    path = lake.table("fail", "predictions")
-    before_version = delta_io.latest_version(spark, path)
-    before = _predictions(spark, lake, "fail").collect()
-    version = D.write_clean(spark, lake, "fail", new, partitions=2)
+    before, version = _scored_then_grown(spark, lake, "fail", first, new, partitions=2)
+    before_version = delta_io.latest_version(spark, lake.table("fail", "predictions"))
     with pytest.raises(InferenceError) as error:
         run_infer(spark, lake, D.config(lake, "fail"), "2024-01-02", model_version="mb", fail_on_partition=1)
     return {"before": before, "before_version": before_version, "error": error.value, "first": first, "new": new,
