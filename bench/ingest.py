@@ -26,9 +26,9 @@ Recorded on the 2-core development machine, nothing else running (session 2):
     16,000,000    34.1     291.7         54,844  0.117      18.2      4998M       5906M
 Second run with the floor (native read + one row per key + Delta write), 1M / 4M rows: copy 2.9 /
 10.0 s, floor 5.6 / 17.2 s (0.514 / 0.582 of the copy), ingest 35.4 / 82.7 s (0.081 / 0.121).
-Target ratio >= 0.8: not met, and below the floor's reach here. Linear time: met. The Python driver stays at 155 MB; the JVM (driver
-and, in local mode, executor) is bounded by its configuration, not the data (it holds the cache,
-which spills to disk at 16M rows). Where the time goes on 1M rows: README, "Benchmarks".
+Target ratio >= 0.8: not met, and beyond what the floor reaches here. Linear time: met. The Python
+driver stays at 155 MB; the JVM (driver and, in local mode, executor) is bounded by its
+configuration, not the data (it holds the cache, which spills to disk at 16M rows). Where the time goes on 1M rows: README, "Benchmarks".
 """
 from __future__ import annotations
 
@@ -188,8 +188,8 @@ def print_results(results: list[Result]) -> None:
           f"{'ratio':>6} {'floor':>6} {'s/M rows':>8} {'heap peak':>9} {'heap smpl':>9} {'JVM RSS':>8}")
     for r in results:
         print(f"{r.rows:>10} {r.copy_s:>7} {r.floor_s:>7} {r.ingest_s:>8} {r.copy_rows_per_s:>11} "
-              f"{r.ingest_rows_per_s:>13} {r.ratio:>6} {r.floor_ratio:>6} {r.ingest_s / (r.rows / 1e6):>8.1f} {r.ingest_heap_peak_mib:>8}M "
-              f"{r.ingest_heap_sampled_mib:>8}M {r.ingest_jvm_rss_peak_mib:>7}M")
+              f"{r.ingest_rows_per_s:>13} {r.ratio:>6} {r.floor_ratio:>6} {r.ingest_s / (r.rows / 1e6):>8.1f} "
+              f"{r.ingest_heap_peak_mib:>8}M {r.ingest_heap_sampled_mib:>8}M {r.ingest_jvm_rss_peak_mib:>7}M")
     print("ratio = plain copy time / ingest time (ingest throughput as a share of the copy's; target >= 0.8)")
     print("floor = plain copy time / (native read + one row per key + Delta write): the best any ingest could do")
     print(f"python driver peak RSS: {mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}M")
