@@ -28,7 +28,8 @@ Second run with the floor (native read + one row per key + Delta write), 1M / 4M
 10.0 s, floor 5.6 / 17.2 s (0.514 / 0.582 of the copy), ingest 35.4 / 82.7 s (0.081 / 0.121).
 Target ratio >= 0.8: not met, and beyond what the floor reaches here. Linear time: met. The Python
 driver stays at 155 MB; the JVM (driver and, in local mode, executor) is bounded by its
-configuration, not the data (it holds the cache, which spills to disk at 16M rows). Where the time goes on 1M rows: README, "Benchmarks".
+configuration, not the data (it holds the cache, which spills to disk at 16M rows). Where the
+time goes on 1M rows: README, "Benchmarks".
 """
 from __future__ import annotations
 
