@@ -29,8 +29,13 @@ def test_flights_joins_weather_by_origin_and_hour_and_planes_by_tail_number():
 
 
 def test_every_dataset_file_under_conf_validates():
-    for path in sorted((REPO / "conf" / "datasets").glob("*.yaml")):
-        assert load_config([BASE], [f"dataset={path}"]).dataset.name == path.stem
+    # Every file in the folder, not a glob that could match none: a file that is not YAML, or an
+    # empty folder, fails here instead of passing with nothing checked.
+    paths = sorted((REPO / "conf" / "datasets").iterdir())
+    assert "flights.yaml" in [p.name for p in paths]
+    assert [p.name for p in paths if p.suffix != ".yaml"] == []
+    names = [load_config([BASE], [f"dataset={path}"]).dataset.name for path in paths]
+    assert names == [p.stem for p in paths]
 
 
 def test_flights_rules_become_delta_check_constraints():
