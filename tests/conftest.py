@@ -48,6 +48,16 @@ def repo() -> Path:
     return REPO
 
 
+@pytest.fixture(scope="session")
+def airflow_pipeline_run(tmp_path_factory):
+    """One real `airflow dags test` of the pipeline DAG per session (tests/test_airflow.py and
+    tests/test_notebooks.py read its lake). pytest keeps a fixture's skip or failure for its scope,
+    so a failed run fails every later caller at once instead of running again."""
+    from pipeline_helpers import run_pipeline_dag
+
+    return run_pipeline_dag(tmp_path_factory.mktemp("airflow-pipeline"))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _spark_env():
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")

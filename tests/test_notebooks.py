@@ -3,8 +3,9 @@
 Each notebook is converted (Databricks source -> jupytext's percent format -> a notebook) and
 executed by nbclient in a real kernel of the project venv; an error in any cell fails its test.
 Parameters go in through SHARDLAKE_NB_<NAME> environment variables, the fallback of
-shardlake.notebook off Databricks. The lake is the one the Airflow DAG run wrote (tests/test_airflow.py),
-or, where Airflow cannot be installed, one written by the jobs in this process.
+shardlake.notebook off Databricks. The lake is the one the Airflow DAG run wrote (conftest.py's
+airflow_pipeline_run, shared with tests/test_airflow.py), or, where Airflow cannot be installed,
+one written by the jobs in this process.
 """
 from __future__ import annotations
 
@@ -85,6 +86,11 @@ def test_conversion_keeps_code_and_markdown_cells():
         databricks_to_percent(f"{HEADER}\n# MAGIC %sql\n# MAGIC SELECT 1\n")
 
 
+def test_the_notebook_folder_holds_exactly_the_notebooks_with_expected_figures():
+    # The parametrized tests below run once per file the glob found: with none, they would not run at all.
+    assert [p.stem for p in NOTEBOOKS] == sorted(FIGURES)
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebooks_are_databricks_source_that_import_the_installed_package(path):
     text = path.read_text(encoding="utf-8")
@@ -122,14 +128,13 @@ def build_lake_in_process(root: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def lake_overrides(tmp_path_factory) -> list[str]:
+def lake_overrides(request, tmp_path_factory) -> list[str]:
     """Overrides that point a configuration at the sample lake (shared with the Airflow DAG run)."""
-    import test_airflow
-
     try:
-        return list(test_airflow.pipeline_run(tmp_path_factory).params["overrides"])
+        run = request.getfixturevalue("airflow_pipeline_run")  # conftest.py: one DAG run per session
     except pytest.skip.Exception:
         return build_lake_in_process(tmp_path_factory.mktemp("notebook-lake"))
+    return list(run.params["overrides"])
 
 
 @pytest.mark.slow
