@@ -1,8 +1,6 @@
 """The reduce stage's transforms: combinable per-shard aggregates, the summary, drift, lineage, incremental keys."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +8,6 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
-from shardlake.training.metrics import binary_metrics, regression_metrics
 from shardlake.transforms import incremental as I
 from shardlake.transforms import summary as S
 
@@ -38,41 +35,87 @@ def _regression(n: int = 600, seed: int = 1) -> pd.DataFrame:
 def _summary(spark, data: pd.DataFrame, kind: str, label: str | None = "y") -> dict[str, dict]:
     frame = spark.createDataFrame(data, SCHEMA)
     aggregates = [r.asDict() for r in S.shard_aggregates(frame, label, kind).collect()]
-    return {r["scope"]: r for r in S.summarize(aggregates, kind, labelled=label is not None)}
+    records = S.summarize(aggregates, kind, labelled=label is not None)
+    scopes = [r["scope"] for r in records]
+    assert len(set(scopes)) == len(scopes), f"a scope summarised twice: {scopes}"
+    return {r["scope"]: r for r in records}
+
+
+def _scopes(data: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    return [("overall", data), *[(f"shard={s}", g) for s, g in data.groupby("shard")]]
+
+
+# Independent oracles: the metrics computed from their definitions with numpy, row by row (no
+# histogram, no sums combined across shards), never with shardlake's own metric code.
+
+def _pairwise_auc(y: np.ndarray, score: np.ndarray) -> float:
+    """AUC from its definition: over every (positive, negative) pair, 1 if the positive scores higher, 1/2 on a tie."""
+    diff = score[y == 1][:, None] - score[y == 0][None, :]
+    return float(np.mean((diff > 0) + 0.5 * (diff == 0)))
+
+
+def _distribution(score: np.ndarray) -> dict:
+    return {"rows": len(score), "mean_score": score.mean(), "score_std": score.std(ddof=0),
+            "score_min": score.min(), "score_max": score.max()}
+
+
+def _binary_oracle(rows: pd.DataFrame) -> dict:
+    """What the summary of these rows must say; the label metrics over the labelled rows only."""
+    score, prediction = rows["score"].to_numpy(), rows["prediction"].to_numpy()
+    expected = {**_distribution(score), "predicted_positive_rate": prediction.mean()}
+    labelled = rows["y"].notna().to_numpy()
+    y, p = rows["y"].to_numpy()[labelled], prediction[labelled]
+    tp, fp, fn = np.sum((p == 1) & (y == 1)), np.sum((p == 1) & (y == 0)), np.sum((p == 0) & (y == 1))
+    return {**expected, "label_rate": y.mean(), "accuracy": np.mean(p == y), "precision": tp / (tp + fp),
+            "recall": tp / (tp + fn), "auc": _pairwise_auc(y, score[labelled])}
+
+
+def _regression_oracle(rows: pd.DataFrame) -> dict:
+    y, prediction = rows["y"].to_numpy(), rows["prediction"].to_numpy()
+    error = prediction - y
+    return {**_distribution(rows["score"].to_numpy()), "label_mean": y.mean(),
+            "rmse": np.sqrt(np.mean(error ** 2)), "mae": np.mean(np.abs(error))}
+
+
+def _assert_matches(got: dict, expected: dict, scope: str) -> None:
+    """Every figure of one summary row, and no other; AUC exact up to the histogram's bucket width."""
+    assert sorted(got) == sorted(["scope", *expected]), scope
+    for name, value in expected.items():
+        tolerance = {"abs": 2e-3} if name == "auc" else {}
+        assert got[name] == pytest.approx(value, **tolerance), (scope, name)
+
+
+def test_summary_has_the_overall_row_first_then_one_row_per_shard(spark):
+    frame = spark.createDataFrame(_binary(), SCHEMA)
+    aggregates = [r.asDict() for r in S.shard_aggregates(frame, "y", "binary").collect()]
+    records = S.summarize(aggregates, "binary", labelled=True)
+    assert [(r["scope"], r["rows"]) for r in records] == [("overall", 600), ("shard=0", 200), ("shard=1", 200),
+                                                          ("shard=2", 200)]
 
 
 def test_binary_summary_matches_direct_metrics_overall_and_per_shard(spark):
     data = _binary()
     summary = _summary(spark, data, "binary")
-    for scope, rows in [("overall", data), *[(f"shard={s}", g) for s, g in data.groupby("shard")]]:
-        expected = binary_metrics(rows["y"].to_numpy(), rows["score"].to_numpy())
-        got = summary[scope]
-        assert got["rows"] == len(rows)
-        for name in ("accuracy", "precision", "recall"):
-            assert got[name] == pytest.approx(expected[name]), (scope, name)
-        assert got["auc"] == pytest.approx(expected["auc"], abs=2e-3)  # exact up to the bucket width
-        assert got["mean_score"] == pytest.approx(rows["score"].mean())
-        assert got["score_std"] == pytest.approx(rows["score"].std(ddof=0))
+    assert sorted(summary) == sorted(scope for scope, _ in _scopes(data))
+    for scope, rows in _scopes(data):
+        _assert_matches(summary[scope], _binary_oracle(rows), scope)
 
 
 def test_regression_summary_has_rmse_and_mae_per_shard(spark):
     data = _regression()
     summary = _summary(spark, data, "regression")
-    for scope, rows in [("overall", data), *[(f"shard={s}", g) for s, g in data.groupby("shard")]]:
-        expected = regression_metrics(rows["y"].to_numpy(), rows["prediction"].to_numpy())
-        got = summary[scope]
-        assert (got["rmse"], got["mae"]) == (pytest.approx(expected["rmse"]), pytest.approx(expected["mae"])), scope
-        assert got["label_mean"] == pytest.approx(rows["y"].mean())
-        assert (got["score_min"], got["score_max"]) == (rows["prediction"].min(), rows["prediction"].max())
-        assert "auc" not in got and "predicted_positive_rate" not in got
+    assert sorted(summary) == sorted(scope for scope, _ in _scopes(data))
+    for scope, rows in _scopes(data):
+        _assert_matches(summary[scope], _regression_oracle(rows), scope)
 
 
 def test_regression_overall_combines_error_sums_not_shard_rmses(spark):
-    summary = _summary(spark, _regression(), "regression")
-    shards = [v for k, v in summary.items() if k != "overall"]
-    combined = math.sqrt(sum(s["rmse"] ** 2 * s["rows"] for s in shards) / sum(s["rows"] for s in shards))
-    assert summary["overall"]["rmse"] == pytest.approx(combined)
-    assert summary["overall"]["rmse"] != pytest.approx(np.mean([s["rmse"] for s in shards]), rel=1e-3)
+    data = _regression()
+    overall = _summary(spark, data, "regression")["overall"]
+    direct = _regression_oracle(data)["rmse"]
+    mean_of_shards = np.mean([_regression_oracle(g)["rmse"] for _, g in data.groupby("shard")])
+    assert mean_of_shards != pytest.approx(direct, rel=1e-3)  # the data tells the two apart
+    assert overall["rmse"] == pytest.approx(direct)
 
 
 def test_unlabelled_rows_count_in_rows_but_not_in_metrics(spark):
@@ -80,16 +123,16 @@ def test_unlabelled_rows_count_in_rows_but_not_in_metrics(spark):
     unlabelled = data.copy()
     unlabelled.loc[::2, "y"] = None
     summary = _summary(spark, unlabelled, "binary")["overall"]
-    expected = binary_metrics(data["y"][1::2].to_numpy(), data["score"][1::2].to_numpy())
-    assert summary["rows"] == len(data)
-    assert summary["accuracy"] == pytest.approx(expected["accuracy"])
-    assert summary["label_rate"] == pytest.approx(data["y"][1::2].mean())
+    expected = _binary_oracle(unlabelled)
+    assert expected["rows"] == 600 and expected["label_rate"] == data["y"][1::2].mean()  # the oracle's own check
+    _assert_matches(summary, expected, "overall")
 
 
 def test_summary_without_labels_has_the_distribution_only(spark):
-    summary = _summary(spark, _binary(), "binary", label=None)["overall"]
-    assert set(summary) == {"scope", "rows", "mean_score", "score_std", "score_min", "score_max",
-                            "predicted_positive_rate"}
+    data = _binary()
+    summary = _summary(spark, data, "binary", label=None)["overall"]
+    expected = {**_distribution(data["score"].to_numpy()), "predicted_positive_rate": data["prediction"].mean()}
+    _assert_matches(summary, expected, "overall")
 
 
 def test_drift_flags_rates_beyond_an_absolute_tolerance():
@@ -114,9 +157,14 @@ def test_label_histogram_rebins_the_buckets_per_label():
                   {"bucket": 24, "rows": 2, "labelled": 2, "label_sum": 2},
                   {"bucket": 999, "rows": 3, "labelled": 3, "label_sum": 0}]
     edges, series = S.label_histogram(aggregates, "y", bins=40)
-    assert len(edges) == 41 and edges[0] == 0.0 and edges[-1] == 1.0
-    assert series["y=1"][0] == 3 and series["y=0"][0] == 3 and series["y=0"][39] == 3
-    assert series["unlabelled"].sum() == 1
+    # 40 bins of 25 buckets: buckets 0 and 24 fall in bin 0, bucket 999 in bin 39.
+    expected = {"unlabelled": {0: 1}, "y=0": {0: 3 + 0, 39: 3}, "y=1": {0: 1 + 2}}
+    np.testing.assert_allclose(edges, np.arange(41) / 40, rtol=0, atol=1e-12)
+    assert list(series) == list(expected)
+    for name, counts in expected.items():
+        want = np.zeros(40)
+        want[list(counts)] = list(counts.values())
+        np.testing.assert_array_equal(series[name], want, err_msg=name)
 
 
 def test_lineage_stamps_the_given_logical_date_and_versions(spark):
