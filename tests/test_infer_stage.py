@@ -1,10 +1,12 @@
 """run_infer end to end on tiny Delta tables: real Spark, real Delta, a registered model, no mocks.
 
-Each scenario has its own dataset name (its own clean and predictions tables) in one lake that
-shares the registry, so scenarios do not see each other's writes.
+The module's lake (a registry holding model 'mb') and its one full run are shared only by tests
+that read them. A test that writes (a re-run, an incremental or failed run, another model) gets
+its own lake from a function-scoped fixture, so no test depends on what another one did.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import numpy as np
@@ -21,12 +23,23 @@ from shardlake.stages.infer import PLOT_FILE, REPORT_FILE, InferenceError, load_
 BINARY_TEST_METRICS = {"auc": 0.95, "accuracy": 0.5}  # AUC far above what random weights reach: drift
 
 
-@pytest.fixture(scope="module")
-def lake(spark, tmp_path_factory) -> Lake:
+def _lake_with_model(spark, root) -> Lake:
     """A lake whose registry holds a binary model 'mb'."""
-    lake = Lake.at(tmp_path_factory.mktemp("infer") / "lake")
+    lake = Lake.at(root / "lake")
     D.register_model(spark, lake, "flights", "mb", "binary", BINARY_TEST_METRICS)
     return lake
+
+
+@pytest.fixture(scope="module")
+def lake(spark, tmp_path_factory) -> Lake:
+    """The module's lake, for tests that only read it (and the read-only ``full_run``)."""
+    return _lake_with_model(spark, tmp_path_factory.mktemp("infer"))
+
+
+@pytest.fixture()
+def own_lake(spark, tmp_path) -> Lake:
+    """A lake of the test's own, for a test that writes to it."""
+    return _lake_with_model(spark, tmp_path)
 
 
 def _predictions(spark, lake: Lake, dataset: str, version: int | None = None):
@@ -47,13 +60,18 @@ def _expected(spark, data, folder, model_version: str, source_version: int, logi
                           "logical_date": F.to_date(F.lit(logical_date))}))
 
 
+def _full_run(spark, lake: Lake, dataset: str) -> dict:
+    """One full run of 'mb' over a 160-row clean table (40 rows per shard) on 2024-01-01."""
+    data = D.rows(160, seed=2)
+    D.write_clean(spark, lake, dataset, data)
+    report = run_infer(spark, lake, D.config(lake, dataset), "2024-01-01", model_version="mb")
+    return {"data": data, "report": report}
+
+
 @pytest.fixture(scope="module")
 def full_run(spark, lake):
-    """One full run of 'mb' over a 160-row clean table (dataset 'full')."""
-    data = D.rows(160, seed=2)
-    D.write_clean(spark, lake, "full", data)
-    report = run_infer(spark, lake, D.config(lake, "full"), "2024-01-01", model_version="mb")
-    return {"data": data, "report": report}
+    """Dataset 'full' in the module's lake, scored once; the tests using it only read it."""
+    return _full_run(spark, lake, "full")
 
 
 def test_predictions_equal_in_process_scoring_of_the_same_rows(spark, lake, full_run):
@@ -77,8 +95,13 @@ def test_drift_beyond_tolerance_against_the_card_is_flagged_and_stored(spark, la
 
 def test_summary_table_holds_one_row_per_shard_and_overall(spark, lake, full_run):
     summary = delta_io.read_version(spark, lake.table("full", "inference_summary"))
-    rows = {r["scope"]: r["rows"] for r in summary.collect()}
-    assert rows == {"overall": 160, **{f"shard={s}": 40 for s in range(4)}}
+    lineage = ("mb", 0, dt.date(2024, 1, 1))
+    expected = spark.createDataFrame(
+        [(*lineage, "overall", 160), *[(*lineage, f"shard={s}", 40) for s in range(4)]],
+        "model_version string, source_version long, logical_date date, scope string, rows long")
+    # Every row, not a dict by scope: a scope written twice fails here.
+    assertDataFrameEqual(summary.select("model_version", "source_version", "logical_date", "scope", "rows"),
+                         expected)
 
 
 def test_score_distribution_plot_and_report_are_written_next_to_the_run(full_run):
@@ -90,12 +113,14 @@ def test_score_distribution_plot_and_report_are_written_next_to_the_run(full_run
     assert saved["predictions_version"] == report.predictions_version
 
 
-def test_rerun_writes_nothing_twice(spark, lake, full_run):
-    before = _predictions(spark, lake, "full").collect()
-    report = run_infer(spark, lake, D.config(lake, "full"), "2024-01-02", model_version="mb")
+def test_rerun_writes_nothing_twice(spark, own_lake):
+    _full_run(spark, own_lake, "rerun")
+    before = _predictions(spark, own_lake, "rerun").collect()
+    assert len(before) == 160
+    report = run_infer(spark, own_lake, D.config(own_lake, "rerun"), "2024-01-02", model_version="mb")
     assert (report.rows_scored, report.rows_inserted, report.rows_updated) == (160, 0, 0)
     # Full content, the first run's logical date included: nothing was rewritten.
-    assertDataFrameEqual(_predictions(spark, lake, "full"), before)
+    assertDataFrameEqual(_predictions(spark, own_lake, "rerun"), before)
 
 
 def _scored_then_grown(spark, lake: Lake, dataset: str, first, new, **write) -> tuple[list, int]:
@@ -109,53 +134,61 @@ def _scored_then_grown(spark, lake: Lake, dataset: str, first, new, **write) -> 
     return before, D.write_clean(spark, lake, dataset, new, **write)
 
 
-@pytest.fixture(scope="module")
-def incremental_run(spark, lake):
+@pytest.fixture()
+def incremental_run(spark, own_lake):
     """Dataset 'incr': a full run on 100 rows (v0), 30 new keys appended (v1), then an incremental run."""
     new = D.rows(30, start=5000, seed=3)
-    old_rows, version = _scored_then_grown(spark, lake, "incr", D.rows(100, seed=3), new)
-    report = run_infer(spark, lake, D.config(lake, "incr"), "2024-01-02", model_version="mb", incremental=True)
-    return {"old_rows": old_rows, "new": new, "version": version, "report": report}
+    old_rows, version = _scored_then_grown(spark, own_lake, "incr", D.rows(100, seed=3), new)
+    report = run_infer(spark, own_lake, D.config(own_lake, "incr"), "2024-01-02", model_version="mb",
+                       incremental=True)
+    return {"lake": own_lake, "old_rows": old_rows, "new": new, "version": version, "report": report}
 
 
-def test_incremental_run_scores_only_new_keys(spark, lake, incremental_run):
-    report = incremental_run["report"]
+def test_incremental_run_scores_only_new_keys(spark, incremental_run):
+    lake, report = incremental_run["lake"], incremental_run["report"]
     assert (report.mode, report.rows_scored, report.rows_inserted, report.rows_updated) == ("incremental", 30, 30, 0)
     after = _predictions(spark, lake, "incr")
+    assert len(incremental_run["old_rows"]) == 100
     assertDataFrameEqual(after.where(F.col("logical_date") == "2024-01-01"), incremental_run["old_rows"])
     expected_new = _expected(spark, incremental_run["new"], lake.model_dir("flights", "mb"), "mb",
                              incremental_run["version"], "2024-01-02", lake, "incr")
     assertDataFrameEqual(after.where(F.col("logical_date") == "2024-01-02"), expected_new, rtol=1e-6)
+    assert after.count() == 130  # nothing else: no third logical date, no duplicate
     assert report.summary[0]["rows"] == 130  # the summary covers the whole table version
 
 
-def test_incremental_run_with_no_new_keys_writes_nothing(spark, lake, incremental_run):
+def test_incremental_run_with_no_new_keys_writes_nothing(spark, incremental_run):
+    lake = incremental_run["lake"]
     before = _predictions(spark, lake, "incr").collect()
+    assert len(before) == 130
     report = run_infer(spark, lake, D.config(lake, "incr"), "2024-01-03", model_version="mb", incremental=True)
     assert (report.rows_scored, report.rows_inserted) == (0, 0)
     assert report.predictions_version == incremental_run["report"].predictions_version
     assertDataFrameEqual(_predictions(spark, lake, "incr"), before)
 
 
-@pytest.fixture(scope="module")
-def failed_run(spark, lake):
+@pytest.fixture()
+def failed_run(spark, own_lake):
     """Dataset 'fail': a complete run on v0, then new rows (v1) and a run whose map task raises mid-write."""
     first, new = D.rows(80, seed=4), D.rows(60, start=7000, seed=4)
-    before, version = _scored_then_grown(spark, lake, "fail", first, new, partitions=2)
-    before_version = delta_io.latest_version(spark, lake.table("fail", "predictions"))
+    before, version = _scored_then_grown(spark, own_lake, "fail", first, new, partitions=2)
+    before_version = delta_io.latest_version(spark, own_lake.table("fail", "predictions"))
     with pytest.raises(InferenceError) as error:
-        run_infer(spark, lake, D.config(lake, "fail"), "2024-01-02", model_version="mb", fail_on_partition=1)
-    return {"before": before, "before_version": before_version, "error": error.value, "first": first, "new": new,
-            "version": version}
+        run_infer(spark, own_lake, D.config(own_lake, "fail"), "2024-01-02", model_version="mb", fail_on_partition=1)
+    return {"lake": own_lake, "before": before, "before_version": before_version, "error": error.value,
+            "first": first, "new": new, "version": version}
 
 
-def test_failure_inside_the_map_stage_leaves_predictions_unchanged(spark, lake, failed_run):
+def test_failure_inside_the_map_stage_leaves_predictions_unchanged(spark, failed_run):
+    lake = failed_run["lake"]
     assert "InjectedFailure" in str(failed_run["error"]) and "left as it was" in str(failed_run["error"])
     assert delta_io.latest_version(spark, lake.table("fail", "predictions")) == failed_run["before_version"]
+    assert len(failed_run["before"]) == 80
     assertDataFrameEqual(_predictions(spark, lake, "fail"), failed_run["before"])
 
 
-def test_rerun_after_a_failure_completes_the_table(spark, lake, failed_run):
+def test_rerun_after_a_failure_completes_the_table(spark, failed_run):
+    lake = failed_run["lake"]
     report = run_infer(spark, lake, D.config(lake, "fail"), "2024-01-02", model_version="mb")
     assert (report.rows_inserted, report.rows_updated) == (60, 0)
     folder = lake.model_dir("flights", "mb")
@@ -165,7 +198,8 @@ def test_rerun_after_a_failure_completes_the_table(spark, lake, failed_run):
     assertDataFrameEqual(_predictions(spark, lake, "fail"), expected, rtol=1e-6)
 
 
-def test_regression_model_is_summarised_with_rmse_and_mae(spark, lake):
+def test_regression_model_is_summarised_with_rmse_and_mae(spark, own_lake):
+    lake = own_lake
     data = D.rows(120, seed=5)
     D.write_clean(spark, lake, "reg", data)
     error = D.in_process_scores(D.save(lake, "reg", "mr", "regression"), data) - data["arr_delay"].to_numpy()
@@ -187,6 +221,8 @@ def test_model_folder_changed_after_registration_is_refused(lake):
         load_model(card)
 
 
-def test_a_table_version_that_does_not_exist_is_refused(spark, lake, full_run):
-    with pytest.raises(InferenceError, match="no version 5"):
-        run_infer(spark, lake, D.config(lake, "full"), "2024-01-01", model_version="mb", table_version=5)
+def test_a_table_version_that_does_not_exist_is_refused(spark, own_lake):
+    D.write_clean(spark, own_lake, "versions", D.rows(8, seed=6))
+    with pytest.raises(InferenceError, match=r"no version 5 \(versions 0\.\.0\)"):
+        run_infer(spark, own_lake, D.config(own_lake, "versions"), "2024-01-01", model_version="mb", table_version=5)
+    assert not delta_io.table_exists(spark, own_lake.table("versions", "predictions"))  # nothing was written
