@@ -12,6 +12,13 @@ from safetensors import SafetensorError
 
 from shardlake.models.tabular import (SPEC_FILE, WEIGHTS_FILE, ModelSpec, TabularLinear, TabularMLP, build_model,
                                       default_device, device_for, encode, load_model, model_from_bytes, save_model)
+from shardlake.scoring import arrow_features
+from shardlake.transforms.stats import fit_feature_stats
+
+# Categorical features that are not strings, and the codes they must get, written out by hand:
+# vocabularies gate [1, 2, 3] and flag [False, True], code = index + 1, 0 for a missing value.
+TYPED_CATEGORY_ROWS = [(0, 3, True), (1, 1, False), (2, 3, True), (3, 2, True), (4, None, None), (5, 3, False)]
+TYPED_CATEGORY_CODES = [[3, 2], [1, 1], [3, 2], [2, 2], [0, 0], [3, 1]]
 
 
 def spec(**changes) -> ModelSpec:
@@ -52,6 +59,29 @@ def test_encode_of_categorical_columns_matches_encode_of_strings():
     as_categorical = encode({**{c: frame()[c].to_numpy() for c in ("x", "y")},
                              "c": pd.Categorical(frame()["c"])}, spec())
     np.testing.assert_array_equal(as_strings[1], as_categorical[1])
+
+
+def _category_codes_in_map_stage(spec_dict: dict):
+    """mapInArrow function: the codes the map stage's feature path (arrow_features, encode) gives each row."""
+
+    def codes(batches):
+        import pyarrow as pa
+
+        spec = ModelSpec.from_dict(spec_dict)
+        for batch in batches:
+            _, categorical = encode(arrow_features(batch, spec), spec)
+            yield pa.RecordBatch.from_arrays([batch.column("id"), *(pa.array(categorical[:, i]) for i in range(2))],
+                                             names=["id", "gate_code", "flag_code"])
+
+    return codes
+
+
+def test_the_map_stage_encodes_int_and_bool_categories_as_their_vocabulary_indices(spark):
+    df = spark.createDataFrame(TYPED_CATEGORY_ROWS, "id int, gate int, flag boolean").repartition(2)
+    stats = fit_feature_stats(df, [], ["gate", "flag"], max_categories=10)
+    typed = ModelSpec(kind="binary", numeric=[], categorical=["gate", "flag"], vocab=stats.vocab, mean={}, std={})
+    rows = df.mapInArrow(_category_codes_in_map_stage(typed.to_dict()), "id int, gate_code long, flag_code long")
+    assert [[r["gate_code"], r["flag_code"]] for r in sorted(rows.collect())] == TYPED_CATEGORY_CODES
 
 
 def test_regression_predictions_are_in_the_label_unit():

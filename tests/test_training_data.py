@@ -16,8 +16,13 @@ from shardlake.models.tabular import ModelSpec
 from shardlake.stages import train
 from shardlake.training.data import LoaderOptions, batches, row_group_count, shard_for
 from shardlake.training.sample import flights_like_frame, write_clean_table
+from shardlake.transforms.stats import fit_feature_stats
 
 REPO = Path(__file__).resolve().parent.parent
+# Categorical features that are not strings, and the codes they must get, written out by hand:
+# vocabularies gate [1, 2, 3] and flag [False, True], code = index + 1, 0 for a missing value.
+TYPED_CATEGORY_ROWS = [(3, True, 1), (1, False, 0), (3, True, 1), (2, True, 0), (None, None, 1), (3, False, 0)]
+TYPED_CATEGORY_CODES = [[3, 2], [1, 1], [3, 2], [2, 2], [0, 0], [3, 1]]
 # row_id as the only feature: every delivered row names itself.
 ID_SPEC = ModelSpec(kind="binary", numeric=["row_id"], categorical=[], vocab={}, mean={"row_id": 0.0},
                     std={"row_id": 1.0})
@@ -150,3 +155,14 @@ def test_a_plan_uses_the_configured_architecture_and_loader(spark, versions):
                         "train.shuffle_buffer=5000")
     plan = train.plan(spark, versions["lake"], config, run_id="linear")
     assert (plan.spec.architecture, plan.job.loader.pool, plan.job.loader.shuffle_buffer) == ("linear", "dummy", 5000)
+
+
+def test_int_and_bool_categories_reach_training_as_their_vocabulary_indices(spark, tmp_path):
+    df = spark.createDataFrame(TYPED_CATEGORY_ROWS, "gate int, flag boolean, delayed int").coalesce(1)
+    df.write.parquet(str(tmp_path / "typed"))
+    stats = fit_feature_stats(df, [], ["gate", "flag"], max_categories=10)
+    spec = ModelSpec(kind="binary", numeric=[], categorical=["gate", "flag"], vocab=stats.vocab, mean={}, std={})
+    files = sorted(str(p) for p in (tmp_path / "typed").glob("*.parquet"))
+    codes = [row.tolist() for _, categorical, _ in batches(files, spec, "delayed", 64, shuffle=False)
+             for row in categorical]
+    assert codes == TYPED_CATEGORY_CODES

@@ -30,7 +30,7 @@ class ModelSpec:
     kind: str  # "binary" or "regression"
     numeric: list[str]
     categorical: list[str]
-    vocab: dict[str, list[str]]
+    vocab: dict[str, list]  # each column's values in its own type (str, int, float, bool), as fitted
     mean: dict[str, float]
     std: dict[str, float]
     hidden: list[int] = field(default_factory=lambda: [64, 32])
@@ -122,8 +122,11 @@ def _numeric_values(values) -> np.ndarray:
     return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float32, na_value=np.nan)
 
 
-def category_codes(values, vocab: Sequence[str]) -> np.ndarray:
+def category_codes(values, vocab: Sequence) -> np.ndarray:
     """Index + 1 of each value in ``vocab``; 0 for unknown or missing values.
+
+    Values are compared as Python objects, so the vocabulary must hold them in their own type
+    (1 and True, not "1" and "true"); a column with nulls arriving as floats still finds its ints.
 
     Categoricals (codes + a small dictionary, as the training loader delivers them) map only
     their dictionary; other arrays go through one hash lookup, both far cheaper than building

@@ -76,7 +76,8 @@ def spec_from_files(files: Sequence[str], numeric: Sequence[str], categorical: S
 
     frame = pd.concat([pq.read_table(f.removeprefix("file://"), columns=[*numeric, *categorical, label]).to_pandas()
                        for f in files], ignore_index=True)
-    vocab = {c: [str(v) for v in frame[c].value_counts().index[:max_categories]] for c in categorical}
+    # Values in their own type, as fit_feature_stats keeps them (the encoder looks them up as they come).
+    vocab = {c: frame[c].value_counts().index[:max_categories].tolist() for c in categorical}
     target = frame[label].astype(float)
     scale = {"target_mean": float(target.mean()), "target_std": float(target.std() or 1.0)} if kind == "regression" else {}
     return ModelSpec(kind=kind, numeric=list(numeric), categorical=list(categorical), vocab=vocab,
