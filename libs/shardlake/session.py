@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from pyspark import SparkConf
+from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 DELTA_VERSION = "3.3.2"
@@ -37,6 +39,47 @@ def delta_jars(cache: Path) -> list[Path]:
     return jars if all(j.is_file() for j in jars) else []
 
 
+# local, local[N], local[*], local[N,F] (retries), local-cluster[workers,cores,memory].
+_LOCAL_MASTER = re.compile(r"local(\[[^\]]*\])?|local-cluster\[[^\]]*\]")
+WORKER_PYTHON = "spark.pyspark.python"
+
+
+def is_local_master(master: str) -> bool:
+    """True for masters whose executors all run on this machine (local modes, local-cluster)."""
+    return _LOCAL_MASTER.fullmatch(master.strip()) is not None
+
+
+def worker_python(master: str, environ: Mapping[str, str], conf: Mapping[str, str]) -> str | None:
+    """The interpreter the session must hand Spark's Python workers (as PYSPARK_PYTHON), or None.
+
+    PySpark starts workers with $PYSPARK_PYTHON, else the first ``python3`` on PATH: outside
+    ``make`` (a console script, ``python -m``, a notebook kernel) that is often not the venv's, and
+    training then dies with "No module named 'horovod'". A user's choice wins, ranked as
+    spark-submit ranks them: ``spark.pyspark.python`` (which PySpark itself reads only under
+    spark-submit), then $PYSPARK_PYTHON. Otherwise local executors run on this machine, so the
+    driver's own interpreter is the right default. On a cluster the executors are other machines,
+    where the driver's path may not exist or hold another environment; there the workers' Python
+    is the deployment's choice (a shipped venv with PYSPARK_PYTHON, or the executor image's
+    python3; README "Running on a cluster"), so it is left to Spark.
+    """
+    chosen = conf.get(WORKER_PYTHON) or environ.get("PYSPARK_PYTHON")
+    if chosen:
+        return chosen
+    return sys.executable if is_local_master(master) else None
+
+
+def _submitted_conf() -> SparkConf:
+    """The settings spark-submit passed when this driver runs under it; otherwise the running context's, or none.
+
+    Under spark-submit the driver JVM already runs (PYSPARK_GATEWAY_PORT) and holds them, but a
+    SparkConf sees them only once connected to it, so connect first. Elsewhere no JVM may start
+    here: the session's own settings (driver memory, jars) must reach its launch.
+    """
+    if os.environ.get("PYSPARK_GATEWAY_PORT"):
+        SparkContext._ensure_initialized()
+    return SparkConf()
+
+
 def build_session(
     master: str,
     app_name: str,
@@ -47,12 +90,18 @@ def build_session(
 
     Under spark-submit the submitted master wins over ``master``. The Delta jars come from the
     local cache when present, else Spark resolves them from Maven once (``spark.jars.packages``).
+    Python workers run the interpreter ``worker_python`` picks (exported as PYSPARK_PYTHON, the
+    one thing PySpark reads when it starts a context).
     """
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    submitted = SparkConf()
+    submitted = _submitted_conf()
     builder = SparkSession.builder.appName(app_name)
     if not submitted.contains("spark.master"):
         builder = builder.master(master)
+    conf = {"spark.master": master, **dict(submitted.getAll()), **dict(settings or {})}
+    python = worker_python(conf["spark.master"], os.environ, conf)
+    if python:
+        os.environ["PYSPARK_PYTHON"] = python
     found = list(jars) if jars is not None else delta_jars(default_jar_cache())
     if found:
         builder = builder.config("spark.jars", ",".join(str(j) for j in found))
