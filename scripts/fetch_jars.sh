@@ -3,7 +3,7 @@
 # Spark session resolves packages at start-up. Usage: scripts/fetch_jars.sh CACHE_DIR
 set -euo pipefail
 dest=${1:?jar cache folder}
-delta_version=3.3.2
+delta_version=3.3.3
 mkdir -p "$dest"
 for artifact in "delta-spark_2.12" "delta-storage"; do
   jar="$dest/$artifact-$delta_version.jar"

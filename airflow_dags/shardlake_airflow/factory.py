@@ -26,7 +26,7 @@ from airflow.models.param import Param
 from shardlake_airflow.operators import ShardlakeJobOperator
 
 # Must match libs/shardlake/session.py (tests/test_airflow_dags.py checks it).
-DELTA_VERSION = "3.3.2"
+DELTA_VERSION = "3.3.3"
 DELTA_ARTIFACTS = ("delta-spark_2.12", "delta-storage")
 # jobs/promote.py exits with this code when the model does not meet the promotion threshold.
 GATE_REFUSED_EXIT_CODE = 3

@@ -80,6 +80,40 @@ def _submitted_conf() -> SparkConf:
     return SparkConf()
 
 
+# Idle py4j connections held across a fork (see guard_py4j_against_forks); empty except during one.
+_HELD_ACROSS_FORK: list = []
+_fork_guard: list[bool] = []
+
+
+def _hold_py4j_connections() -> None:
+    """Before a fork: a reference to every idle py4j connection of this driver."""
+    client = getattr(SparkContext._gateway, "_gateway_client", None)
+    _HELD_ACROSS_FORK[:] = list(getattr(client, "deque", ()))
+
+
+def _release_py4j_connections() -> None:
+    """After a fork, in the driver: the references are no longer needed."""
+    _HELD_ACROSS_FORK.clear()
+
+
+def guard_py4j_against_forks() -> None:
+    """Keep forked children of the driver from shutting down the driver's connections to its JVM (idempotent).
+
+    A forked child inherits the driver's py4j sockets. Python drops every other thread's state in
+    the child; py4j then frees those threads' pinned connections, and ``ClientServerConnection.__del__``
+    calls ``shutdown()`` on the socket, which acts on the socket both processes share: the JVM closes
+    its end, and the driver's next command on it fails with "Connection reset by peer". py4j resends
+    it on a new connection, but logs the failure with its traceback (root logger, INFO). Horovod forks
+    the driver in every ``horovod.spark.run`` to check its own build (``gloo_built``, a 'fork'
+    multiprocessing context), which left two tracebacks in each training log. Holding the idle
+    connections across the fork keeps them alive in the child, which never closes them: children of
+    a fork end with ``os._exit`` (multiprocessing) or ``exec``.
+    """
+    if not _fork_guard:
+        os.register_at_fork(before=_hold_py4j_connections, after_in_parent=_release_py4j_connections)
+        _fork_guard.append(True)
+
+
 def build_session(
     master: str,
     app_name: str,
@@ -94,6 +128,7 @@ def build_session(
     one thing PySpark reads when it starts a context).
     """
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    guard_py4j_against_forks()
     submitted = _submitted_conf()
     builder = SparkSession.builder.appName(app_name)
     if not submitted.contains("spark.master"):
