@@ -45,6 +45,35 @@ print("PROBE " + json.dumps({**seen, "master": spark.sparkContext.master}))
 spark.stop()
 """
 
+# A background thread keeps an idle py4j connection (as py4j's own finalizer thread does) while the
+# driver forks a child; then the thread talks to the JVM again. Logs at INFO, as the jobs do.
+FORK_PROBE = """
+import json, logging, multiprocessing, threading
+from shardlake.session import build_session
+
+logging.basicConfig(level=logging.INFO)
+spark = build_session("local[1]", "fork-probe", {"spark.ui.enabled": "false"})
+jvm = spark.sparkContext._jvm
+ready, go, answers = threading.Event(), threading.Event(), []
+
+def background():
+    answers.append(jvm.java.lang.Math.abs(-1))
+    ready.set()
+    go.wait()
+    answers.append(jvm.java.lang.Math.abs(-2))
+
+thread = threading.Thread(target=background)
+thread.start()
+ready.wait()
+child = multiprocessing.get_context("fork").Process(target=int)  # as Horovod checks its build
+child.start()
+child.join()
+go.set()
+thread.join()
+print("PROBE " + json.dumps({"answers": answers}))
+spark.stop()
+"""
+
 
 def _user_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """A shell's environment outside make: no PYSPARK_PYTHON, and a python3 that is not the venv's first on PATH."""
@@ -55,8 +84,12 @@ def _user_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {**env, "PATH": f"{foreign}{os.pathsep}{env.get('PATH', '')}", "SPARK_LOCAL_IP": "127.0.0.1", **extra}
 
 
+def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
 def _probe(command: list[str], env: dict[str, str]) -> dict:
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = _run(command, env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("PROBE ")]
     assert done.returncode == 0 and lines, done.stdout[-2000:] + done.stderr[-4000:]
     return json.loads(lines[-1].removeprefix("PROBE "))
@@ -120,3 +153,11 @@ def test_under_spark_submit_the_submitted_master_wins_over_the_configured_one(tm
     command = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[1]", "--jars", jars,
                str(script), "local[2]", "{}"]
     assert _probe(command, env)["master"] == "local[1]"
+
+
+@pytest.mark.slow
+def test_a_forked_child_leaves_the_drivers_jvm_connections_working(tmp_path):
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
+    done = _run([sys.executable, "-c", FORK_PROBE], env)
+    assert (done.returncode, done.stdout.splitlines()[-1:]) == (0, ['PROBE {"answers": [1, 2]}']), done.stderr[-4000:]
+    assert "Traceback" not in done.stderr, done.stderr[-4000:]

@@ -10,7 +10,7 @@ from pathlib import Path
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
-DELTA_VERSION = "3.3.2"
+DELTA_VERSION = "3.3.3"
 DELTA_ARTIFACTS = ("delta-spark_2.12", "delta-storage")
 
 _DELTA_SETTINGS = {

@@ -21,6 +21,7 @@ from shardlake.config import AppConfig
 from shardlake.lake import Lake
 from shardlake.models.tabular import SPEC_FILE, WEIGHTS_FILE, ModelSpec
 from shardlake.scoring import TabularModel
+from shardlake.session import guard_py4j_against_forks
 from shardlake.stages.ingest import feature_stats_for
 from shardlake.training.metrics import primary_metric
 from shardlake.training.worker import CheckpointError, TrainJob, horovod_entry, load_checkpoint
@@ -88,8 +89,11 @@ def plan(spark: SparkSession, lake: Lake, config: AppConfig, run_id: str | None 
 
 
 def _run_horovod(job: TrainJob, num_proc: int, start_timeout: int) -> list[dict]:
+    """Run ``horovod_entry`` on ``num_proc`` Spark tasks (Gloo)."""
     import horovod.spark
 
+    # horovod.spark.run forks the driver; a session not built by build_session (a notebook's) needs the guard too.
+    guard_py4j_against_forks()
     return horovod.spark.run(horovod_entry, args=(job,), num_proc=num_proc, use_gloo=True,
                              start_timeout=start_timeout, verbose=0)
 
