@@ -64,11 +64,11 @@ def test_fail_fast_guard_passes_valid_rows_unchanged(spark):
     assertDataFrameEqual(C.abort_on_violation(flagged), flagged)
 
 
-def marked(spark, rows, order_by="version"):
+def marked(spark, rows, order_by="version", on_conflict="quarantine"):
     df = spark.createDataFrame(rows, "_raw string, _source_file string, id int, version int, v double, "
                                      "_violations array<string>")
     placed = C.add_shard_and_split(df, ["id"], 2, 80, 10, "s")
-    return C.mark_duplicates(placed, ["id"], order_by).select("_raw", C.FATE)
+    return C.mark_duplicates(placed, ["id"], order_by, on_conflict).select("_raw", C.FATE)
 
 
 def fates(spark, rows):
@@ -89,6 +89,34 @@ def test_the_newest_row_of_a_key_is_kept_and_older_ones_superseded(spark):
 def test_a_missing_ordering_value_counts_as_oldest(spark):
     actual = marked(spark, [("none", "f", 1, None, 1.0, []), ("one", "f", 1, 1, 2.0, [])])
     assertDataFrameEqual(actual, fates(spark, [("none", "superseded"), ("one", "clean")]))
+
+
+def test_without_order_by_different_rows_of_a_key_are_all_conflicts(spark):
+    actual = marked(spark, [("a", "f", 1, 1, 1.0, []), ("b", "f", 1, 1, 2.0, []), ("c", "f", 2, 1, 1.0, [])],
+                    order_by=None)
+    assertDataFrameEqual(actual, fates(spark, [("a", "conflict"), ("b", "conflict"), ("c", "clean")]))
+
+
+def test_rows_tied_on_order_by_that_differ_are_conflicts_and_older_ones_superseded(spark):
+    actual = marked(spark, [("a", "f", 1, 2, 1.0, []), ("b", "f", 1, 2, 2.0, []), ("old", "f", 1, 1, 3.0, [])])
+    assertDataFrameEqual(actual, fates(spark, [("a", "conflict"), ("b", "conflict"), ("old", "superseded")]))
+
+
+def test_a_copy_of_a_conflicting_row_is_a_duplicate(spark):
+    actual = marked(spark, [("a", "f", 1, 1, 1.0, []), ("a2", "f", 1, 1, 1.0, []), ("b", "f", 1, 1, 2.0, [])],
+                    order_by=None)
+    assert sorted(r["_fate"] for r in actual.collect()) == ["conflict", "conflict", "duplicate"]
+
+
+def test_keep_one_keeps_the_smallest_content_hash_of_a_conflict(spark):
+    rows = [("a", "f", 1, 1, 1.0, []), ("b", "f", 1, 1, 2.0, [])]
+    # The independent oracle: Spark's own xxhash64 over the data columns, in the declared order.
+    hashes = {r["_raw"]: r["h"] for r in spark.createDataFrame(rows, "_raw string, _source_file string, id int, "
+                                                                     "version int, v double, _violations array<string>")
+              .select("_raw", F.xxhash64("id", "version", "v").alias("h")).collect()}
+    kept = min(hashes, key=hashes.get)
+    actual = marked(spark, rows, order_by=None, on_conflict="keep_one")
+    assertDataFrameEqual(actual, fates(spark, [(raw, "clean" if raw == kept else "superseded") for raw in hashes]))
 
 
 def test_invalid_rows_never_supersede_or_duplicate_valid_ones(spark):

@@ -55,15 +55,6 @@ def test_evolution_adds_new_columns_only(spark, lake_root):
         delta_io.ensure_table(spark, path, narrower, allow_evolution=True)
 
 
-def test_changed_rows_are_new_keys_and_changed_content_only(spark, lake_root):
-    path = str(lake_root / "t")
-    schema = "id int, h long, v double"
-    spark.createDataFrame([(1, 10, 1.0), (2, 20, 2.0)], schema).write.format("delta").save(path)
-    incoming = spark.createDataFrame([(1, 10, 1.0), (2, 21, 2.5), (3, 30, 3.0)], schema)
-    assertDataFrameEqual(delta_io.changed_rows(spark, path, incoming, ["id"], "h"),
-                         spark.createDataFrame([(2, 21, 2.5), (3, 30, 3.0)], schema))
-
-
 def test_merge_by_key_updates_changed_rows_and_inserts_new_keys(spark, lake_root):
     path = str(lake_root / "t")
     schema = "id int, h long, v double"
@@ -72,7 +63,44 @@ def test_merge_by_key_updates_changed_rows_and_inserts_new_keys(spark, lake_root
     version = delta_io.merge_by_key(spark, path, incoming, ["id"], changed_when="t.h <> s.h")
     assertDataFrameEqual(delta_io.read_version(spark, path, version),
                          spark.createDataFrame([(1, 10, 1.0), (2, 21, 2.5), (3, 30, 3.0)], schema))
-    assert delta_io.written_rows(spark, path, version) == 2
+    assert delta_io.merge_counts(spark, path, version) == {"inserted": 1, "updated": 1, "deleted": 0}
+
+
+def test_a_merge_that_writes_nothing_returns_none_not_another_writers_version(spark, lake_root):
+    path = str(lake_root / "t")
+    schema = "id int, h long, v double"
+    spark.createDataFrame([(1, 10, 1.0)], schema).write.format("delta").save(path)
+    with delta_io.commit_metadata(spark, {"run_id": "another-writer"}):
+        delta_io.merge_by_key(spark, path, spark.createDataFrame([(2, 20, 2.0)], schema), ["id"])
+    already_there = spark.createDataFrame([(1, 10, 1.0), (2, 20, 2.0)], schema)
+    with delta_io.commit_metadata(spark, {"run_id": "mine"}):
+        assert delta_io.merge_by_key(spark, path, already_there, ["id"], update=False) is None
+    assert delta_io.latest_version(spark, path) == 1
+
+
+def test_row_count_of_a_version_comes_from_the_log(spark, lake_root):
+    path = str(lake_root / "t")
+    spark.createDataFrame([(i, float(i), i % 3) for i in range(7)], SCHEMA).write.format("delta").save(path)
+    spark.createDataFrame([(9, 9.0, 0)], SCHEMA).write.format("delta").mode("append").save(path)
+    assert (delta_io.row_count(path, 0), delta_io.row_count(path, 1)) == (7, 8)
+
+
+def test_a_conflict_is_retried_and_any_other_error_is_not(spark):
+    from delta.exceptions import ConcurrentAppendException
+
+    calls = []
+
+    def conflicting_once():
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConcurrentAppendException("Files were added by a concurrent update", "(no JVM stack)")
+        return "done"
+
+    assert delta_io.retry_on_conflict(conflicting_once, "t", pause_s=0) == "done"
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match="concurrent"):
+        delta_io.retry_on_conflict(lambda: (_ for _ in ()).throw(ValueError("not a concurrent thing")), "t",
+                                   pause_s=0)
 
 
 def test_rows_per_partition_come_from_the_log(spark, lake_root):

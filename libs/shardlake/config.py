@@ -59,6 +59,9 @@ class SourceSpec(_Strict):
     header: bool = True
     null_values: list[str] = Field(default_factory=lambda: ["", "NA"])
     encoding: str = "UTF-8"
+    multiline: bool = Field(default=True, description=(
+        "CSV: quoted fields may hold newlines (RFC 4180); false reads large files split by lines, faster, "
+        "and a quoted newline is then malformed"))
 
 
 class JoinSpec(_Strict):
@@ -67,7 +70,9 @@ class JoinSpec(_Strict):
     columns: list[ColumnSpec]
     keys: dict[str, str] = Field(description="left column -> right column (not 'on': YAML reads it as true)")
     select: list[str] = Field(description="right columns brought into the dataset")
-    dedupe: bool = True
+    dedupe: bool = Field(default=True, description=(
+        "true: keep one row per join key (the first by content) and count the others; false: the right side "
+        "must be unique on its keys, and a run whose right side is not is refused before any write"))
 
 
 class RangeRule(_Strict):
@@ -134,6 +139,11 @@ class DatasetSpec(_Strict):
     columns: list[ColumnSpec]
     key: list[str] = Field(min_length=1)
     order_by: str | None = Field(default=None, description="keeps the latest row of a key")
+    on_key_conflict: Literal["quarantine", "keep_one", "replace"] = Field(default="quarantine", description=(
+        "rows of one key with different content and no order between them (no order_by, or equal order_by): "
+        "quarantine = quarantine them all as key_conflict (the table's row stays); keep_one = keep the one "
+        "with the smallest content hash, in a batch and against the table alike; replace = a later run's "
+        "row replaces the table's (conflicts inside one batch are still quarantined)"))
     joins: list[JoinSpec] = Field(default_factory=list)
     derived: dict[str, str] = Field(default_factory=dict, description="name -> Spark SQL expression")
     rules: RulesSpec = Field(default_factory=RulesSpec)

@@ -8,12 +8,12 @@ writer finds its own commit by the commit metadata it attached, not by "the late
 from __future__ import annotations
 
 import json
-from functools import reduce
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator
+from uuid import uuid4
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
@@ -83,9 +83,14 @@ def check_schema(spark: SparkSession, path: str, schema: T.StructType,
     raise SchemaChangeError(f"{path}: incoming schema differs from the table: {'; '.join(changes)}. {advice}.")
 
 
+def table_properties(spark: SparkSession, path: str) -> dict[str, str]:
+    """Table properties of the latest version (constraints included, as delta.constraints.*)."""
+    return dict(DeltaTable.forPath(spark, path).detail().select("properties").first()[0] or {})
+
+
 def table_constraints(spark: SparkSession, path: str) -> dict[str, str]:
     """CHECK constraints of a table, name -> SQL expression."""
-    properties = DeltaTable.forPath(spark, path).detail().select("properties").first()[0] or {}
+    properties = table_properties(spark, path)
     return {k[len(CONSTRAINT_PREFIX):]: v for k, v in properties.items() if k.startswith(CONSTRAINT_PREFIX)}
 
 
@@ -108,9 +113,11 @@ def ensure_table(
     partition_by: Sequence[str] = (),
     constraints: Mapping[str, str] | None = None,
     allow_evolution: bool = False,
+    properties: Mapping[str, str] | None = None,
 ) -> bool:
-    """Create the table if missing, CHECK constraints included, in one commit; True if it was created.
+    """Create the table if missing, CHECK constraints and ``properties`` included, in one commit.
 
+    Returns True if it was created.
     An existing table must match ``schema`` (see ``check_schema``); allowed new columns are added
     (one commit) and, when ``constraints`` is given, its constraints are brought in line with it
     (commits only for changes; adding one validates the rows already there).
@@ -129,6 +136,8 @@ def ensure_table(
     # Constraints given as table properties at creation: one commit instead of one per constraint.
     for name, expression in (constraints or {}).items():
         builder = builder.property(f"{CONSTRAINT_PREFIX}{name.lower()}", expression)
+    for name, value in (properties or {}).items():
+        builder = builder.property(name, value)
     builder.execute()
     return True
 
@@ -162,17 +171,18 @@ def commit_metadata(spark: SparkSession, metadata: Mapping[str, object]):
     return session_conf(spark, {USER_METADATA: json.dumps(metadata, sort_keys=True, default=str)})
 
 
-def own_commit(spark: SparkSession, path: str, after: int) -> int | None:
-    """The newest version after ``after`` that carries this session's commit metadata, if any.
+def own_commit(spark: SparkSession, path: str, after: int, marker: str | None = None) -> int | None:
+    """The newest version after ``after`` that carries ``marker`` (default: this session's commit metadata).
 
     "The latest version" right after a write may already be a concurrent writer's commit; the
-    commit metadata (which holds the run id) says which one is ours.
+    commit metadata (which holds the run id) says which one is ours. Without any marker there
+    is no way to tell, so this refuses rather than guess.
     """
-    marker = spark.conf.get(USER_METADATA, None)
+    marker = marker or spark.conf.get(USER_METADATA, None)
+    if not marker:
+        raise ValueError("own_commit needs commit metadata (delta_io.commit_metadata) to tell its commits apart")
     history = DeltaTable.forPath(spark, path).history().where(F.col("version") > after)
-    if marker:
-        history = history.where(F.col("userMetadata") == marker)
-    return history.agg(F.max("version")).first()[0]
+    return history.where(F.col("userMetadata") == marker).agg(F.max("version")).first()[0]
 
 
 def append(spark: SparkSession, path: str, source: DataFrame) -> int:
@@ -189,7 +199,7 @@ def merge_by_key(
     prune_on: Sequence[str] = (),
     changed_when: str | None = None,
     update: bool = True,
-) -> int:
+) -> int | None:
     """MERGE ``source`` into the table on ``key``: insert new keys, update changed rows, never duplicate.
 
     ``source`` must be unique on ``key``. ``prune_on`` lists partition columns that are functions
@@ -197,60 +207,70 @@ def merge_by_key(
     ``changed_when`` (SQL on t./s.) limits updates to rows whose content differs, so a re-run
     rewrites nothing. Always a MERGE, even into an empty table: a blind append there would let
     two concurrent first loads both commit and duplicate every row, while two MERGEs conflict
-    and the loser is retried against the winner's rows (see ``retry_on_conflict``).
-    Returns the new version.
+    and the loser fails with Delta's conflict exception (see ``retry_on_conflict``).
+
+    Returns the version this MERGE committed, or None when it committed nothing: Delta makes no
+    commit for a MERGE that inserts and updates no row, and "the latest version" would then be
+    another writer's commit, which this writer must never check or undo as its own.
     """
     condition = " AND ".join(f"t.`{c}` <=> s.`{c}`" for c in [*prune_on, *key])
-
-    def attempt() -> int:
+    # Without the caller's commit metadata, a marker of this one MERGE's own tells its commit apart.
+    marked = nullcontext() if spark.conf.get(USER_METADATA, None) else commit_metadata(spark, {"merge": uuid4().hex})
+    with marked:
         before = latest_version(spark, path)
         merge = DeltaTable.forPath(spark, path).alias("t").merge(source.alias("s"), condition)
         if update:
             merge = merge.whenMatchedUpdateAll(condition=changed_when)
         merge.whenNotMatchedInsertAll().execute()
-        mine = own_commit(spark, path, before)
-        return latest_version(spark, path) if mine is None else mine
+        return own_commit(spark, path, before)
 
-    return retry_on_conflict(attempt, path)
+
+def _conflict_types() -> tuple[type[BaseException], ...]:
+    """Delta's commit-conflict exceptions (Python classes that pyspark maps the JVM's onto)."""
+    from delta import exceptions as X
+
+    return (X.DeltaConcurrentModificationException, X.ConcurrentWriteException, X.MetadataChangedException,
+            X.ProtocolChangedException, X.ConcurrentAppendException, X.ConcurrentDeleteReadException,
+            X.ConcurrentDeleteDeleteException, X.ConcurrentTransactionException)
 
 
 def retry_on_conflict(action, path: str, attempts: int = 4, pause_s: float = 2.0):
     """Run a Delta write again when a concurrent writer won the commit (an idempotent write only).
 
-    Delta's optimistic concurrency refuses the later of two conflicting commits with a
-    Concurrent*Exception; re-running an idempotent write (MERGE by key) on the new snapshot is
-    exactly what a person would do by hand.
+    Delta's optimistic concurrency refuses the later of two conflicting commits with one of its
+    typed conflict exceptions; re-running an idempotent write (MERGE by key) on the new snapshot
+    is exactly what a person would do by hand. Any other error is raised at once.
     """
+    conflicts = _conflict_types()
     for attempt in range(1, attempts + 1):
         try:
             return action()
-        except Exception as err:  # py4j/Delta raise several classes; the name says which
-            conflict = "concurrent" in f"{type(err).__name__} {str(err)[:500]}".lower()
-            if not conflict or attempt == attempts:
+        except conflicts as err:
+            if attempt == attempts:
                 raise
-            log.warning("%s: concurrent writer won the commit; retrying (%d/%d)", path, attempt, attempts - 1)
+            log.warning("%s: concurrent writer won the commit (%s); retrying (%d/%d)", path,
+                        type(err).__name__, attempt, attempts - 1)
             time.sleep(pause_s * attempt)
     raise AssertionError("unreachable")
 
 
-def changed_rows(spark: SparkSession, path: str, source: DataFrame, key: Sequence[str], hash_column: str) -> DataFrame:
-    """Rows of ``source`` whose key is not in the table with the same content hash.
-
-    A MERGE of the full source would rewrite every file holding a matched key even when no row
-    changes; merging only these rows makes a re-run of the same input write nothing at all.
-    """
-    target = DeltaTable.forPath(spark, path).toDF().select(*[F.col(c).alias(f"_t_{c}") for c in [*key, hash_column]])
-    same = [F.col(c).eqNullSafe(F.col(f"_t_{c}")) for c in [*key, hash_column]]
-    return source.join(target, on=reduce(lambda a, b: a & b, same), how="left_anti")
+def merge_counts(spark: SparkSession, path: str, version: int | None) -> dict[str, int]:
+    """Rows inserted, updated and deleted by one MERGE commit, as Delta recorded them; zeros for None."""
+    metrics = commit_metrics(spark, path, version) if version is not None else {}
+    names = {"inserted": "numTargetRowsInserted", "updated": "numTargetRowsUpdated",
+             "deleted": "numTargetRowsDeleted"}
+    return {what: int(metrics.get(name, 0)) for what, name in names.items()}
 
 
-def written_rows(spark: SparkSession, path: str, version: int) -> int:
-    """Rows the commit at ``version`` took from its source: a MERGE's source rows, a WRITE's output rows."""
-    metrics = commit_metrics(spark, path, version)
-    for name in ("numSourceRows", "numOutputRows"):
-        if name in metrics:
-            return int(metrics[name])
-    return -1
+def row_count(path: str, version: int) -> int:
+    """Rows in one table version, summed from the Delta log's file statistics (no data file read)."""
+    import pyarrow as pa
+    from deltalake import DeltaTable as RsDeltaTable
+
+    actions = pa.table(RsDeltaTable(path, version=version).get_add_actions(flatten=True))
+    if actions.num_rows and actions.column("num_records").null_count:
+        raise ValueError(f"{path}@{version}: some data files carry no row count statistics")
+    return int(sum(actions.column("num_records").to_pylist())) if actions.num_rows else 0
 
 
 class UndoError(RuntimeError):

@@ -3,30 +3,32 @@
 The plan, and why it is shaped this way (the cost is in passes over the data and in Delta commits):
 
 1. Source files are checked against the declared schema (a changed source is refused before any
-   Spark job), read as raw text, parsed, joined, derived, checked against every rule, and given
-   a shard and a split. All of this is one narrow pipeline.
-2. One window over the key marks each row clean / invalid / duplicate / superseded. It needs
-   the only shuffle of the parse: a hash exchange on (shard, key), placed before the columns
-   the window compares are built, so they do not travel through it.
-3. The marked rows are cached and one aggregation computes every count of the report (rows
-   read, per fate, per rule) and the fill statistics of the training split. In fail_fast mode
-   the first bad row raises inside this pass, before any table exists or changes.
-4. The quarantine and the clean rows are written from the cache with a MERGE by key. Even a
-   first load MERGEs: two concurrent first loads must conflict (and the loser retry), not both
-   append. Into a table that has rows, only rows whose (key, content hash) is not there yet are
-   merged, so a re-run of the same input commits nothing (content identical, no new version).
-5. What Delta recorded is checked against the counts (rows read = clean + quarantined +
-   duplicates removed, and each table got exactly its rows); on any failure the run's own
-   commits (found by run id in the commit metadata) are undone, never a concurrent writer's.
+   Spark job), read as records, parsed, joined, derived, checked against every rule, and given
+   a shard and a split. All of this is one narrow pipeline. An observation on the records as
+   read (before any join) counts them, blank lines and repeated header lines: a count that does
+   not depend on the fate logic below, so the accounting can fail.
+2. One window over the key marks each row clean / invalid / duplicate / superseded / conflict
+   (``clean.mark_duplicates``). It needs the only shuffle of the parse: a hash exchange on
+   (shard, key), placed before the columns the window compares are built.
+3. Before the expensive pass, an existing table's schema and layout (key, shards, splits, salt,
+   recorded as table properties) are compared with the configuration: a change is refused
+   before any write (``layout``).
+4. The marked rows are cached and one aggregation computes every count of the report and the
+   fill statistics of the training split. In fail_fast mode the first bad row raises inside
+   this pass, before any table exists or changes. The observed record count must equal the sum
+   of the fates.
+5. The clean rows are classified against the table (new, same, newer, older, in conflict: the
+   in-batch rule, ``keys``) and MERGEd; the quarantine gets the rejected rows and those that
+   lose against the table, by record id. Each commit is checked against what Delta recorded
+   (rows inserted, updated, the row-count change); on any failure the run's own commits (found
+   by run id in the commit metadata) are undone, never a concurrent writer's.
 6. Rows per shard come from the Delta log (no scan); feature statistics of the training split
    of the new version are stored with the run in the ``ingest_runs`` table.
 
 The clean table is partitioned by (split, shard). Split first: training reads one split's
-files (``snapshot_files`` with a split filter) and never lists the others. Shard second: it is
-``pmod(xxhash64(key), shards)``, a pure function of the key, so a MERGE condition that names it
-prunes to the partitions a batch can touch, a shard can be read, compacted or rebuilt alone, and
-the key window of a re-run finds each key's rows in one partition. The number of partitions is
-therefore fixed by configuration (3 x shards) and does not grow with the data.
+files and never lists the others. Shard second: it is ``pmod(xxhash64(key), shards)``, a pure
+function of the key, so a MERGE condition that names it prunes to the partitions a batch can
+touch, and a shard can be read, compacted or rebuilt alone.
 """
 from __future__ import annotations
 
@@ -37,28 +39,49 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import reduce
 from pathlib import Path
 
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
-from shardlake import delta_io, sources
-from shardlake.config import DatasetSpec, JoinSpec, SourceSpec
+from shardlake import delta_io, layout
+from shardlake.config import DatasetSpec, JoinSpec
 from shardlake.lake import Lake
+from shardlake.stages import ingest_write as W
+from shardlake.stages.ingest_write import QUARANTINE_SCHEMA, RUNS_SCHEMA, table_constraints  # noqa: F401
 from shardlake.transforms import clean as C
 from shardlake.transforms import parse as P
 from shardlake.transforms.stats import (FeatureStats, fill_aggregates, fill_values_from, fit_feature_stats,
                                         is_training, training_rows)
 
-SUPERSEDED = C.SUPERSEDED_RULE
 log = logging.getLogger(__name__)
+
+# TEMPORARY until shardlake.reading lands: the old line reader, every row a record.
+if not hasattr(P, "RECORD_KIND"):
+    P.RECORD_KIND, P.RECORD, P.BLANK, P.HEADER = "_record_kind", "record", "blank", "header"
+
+
+def read_parsed(spark, source, columns, staging, base_dir, allow_evolution):
+    from functools import reduce
+    from shardlake import sources
+    files = sources.materialise(sources.resolve_files(source.path, base_dir), source.compression, staging)
+    groups = sources.layout(files, source.format, columns, source.delimiter, source.header, source.encoding,
+                            allow_evolution) or [sources.SourceGroup(tuple(n for n, _ in columns), ())]
+    parts = []
+    for g in groups:
+        raw = sources.read_raw_records(spark, g.files, source.format, source.header, source.encoding)
+        declared = [n for n, _ in columns]
+        fields = P.split_fields(raw, list(g.names), source.format, source.delimiter, keep=declared)
+        typed = P.cast_columns(fields, columns, source.null_values, trim=source.format != "csv")
+        parts.append(typed.withColumn(P.RECORD_KIND, F.lit(P.RECORD)).select(
+            *P.RAW_COLUMNS, P.RECORD_KIND, *declared, P.PARSE_ERRORS))
+    return reduce(DataFrame.unionByName, parts)
 
 
 class IngestError(RuntimeError):
-    """The ingest refused to write: bad rows in fail_fast mode, or accounting that does not add up."""
+    """The ingest refused to write: bad rows in fail_fast mode, a join source that is not unique,
+    or accounting that does not add up."""
 
 
 @dataclass
@@ -80,42 +103,71 @@ class IngestReport:
     seconds: float = 0.0
     invalid: int = 0
     superseded: int = 0
+    conflicts: int = 0
+    blank_lines: int = 0
+    header_lines: int = 0
     write_mode: str = ""
     rows_merged: int = 0
+    rows_inserted: int = 0
+    rows_updated: int = 0
+    quarantine_inserted: int = 0
+    files: dict[str, dict[str, int]] = field(default_factory=dict)
+    joins: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def parse_records(raw: DataFrame, source: SourceSpec, columns: list[tuple[str, str]],
-                  names: list[str] | None = None) -> DataFrame:
-    """Raw records to declared, typed columns plus ``_parse_errors``; ``names``: the records' own fields."""
-    declared = [n for n, _ in columns]
-    fields = P.split_fields(raw, names or declared, source.format, source.delimiter, keep=declared)
-    # The CSV parser already drops spaces around unquoted values (see split_fields).
-    return P.cast_columns(fields, columns, source.null_values, trim=source.format != "csv")
+def _kind_counts(parsed: DataFrame) -> tuple[DataFrame, Observation]:
+    """``parsed`` observed: records, blank lines and header lines counted as they are read."""
+    observation = Observation("records_read")
+    kind = F.col(P.RECORD_KIND)
+    observed = parsed.observe(observation, *[F.count(F.when(kind == F.lit(k), 1)).alias(k)
+                                             for k in (P.RECORD, P.BLANK, P.HEADER)])
+    return observed, observation
 
 
-def read_parsed(spark: SparkSession, source: SourceSpec, columns: list[tuple[str, str]], lake: Lake,
-                base_dir: Path, allow_evolution: bool) -> DataFrame:
-    """Check the source files' schemas, read them as raw records and parse them (one layout at a time)."""
-    files = sources.materialise(sources.resolve_files(source.path, base_dir), source.compression, lake.staging())
-    groups = sources.layout(files, source.format, columns, source.delimiter, source.header, source.encoding,
-                            allow_evolution) or [sources.SourceGroup(tuple(n for n, _ in columns), ())]
-    parts = [parse_records(sources.read_raw_records(spark, g.files, source.format, source.header, source.encoding),
-                           source, columns, list(g.names)) for g in groups]
-    return reduce(DataFrame.unionByName, parts)
+def _records(parsed: DataFrame) -> DataFrame:
+    return parsed.where(F.col(P.RECORD_KIND) == F.lit(P.RECORD)).drop(P.RECORD_KIND)
+
+
+def join_summary(parsed: DataFrame, join: JoinSpec) -> dict[str, int]:
+    """What a join source held: records, rows that did not parse, blank/header lines, duplicate keys.
+
+    ``duplicate_keys`` counts rows beyond the first of a key (exact copies and conflicting rows
+    alike): the rows a unique join source must not have.
+    """
+    kind, ok = F.col(P.RECORD_KIND), F.size(F.col(P.PARSE_ERRORS)) == 0
+    keys = list(join.keys.values())
+    row = parsed.agg(
+        F.count(F.when(kind == P.RECORD, 1)).alias("records"),
+        F.count(F.when((kind == P.RECORD) & ~ok, 1)).alias("parse_errors"),
+        F.count(F.when(kind != P.RECORD, 1)).alias("blank_or_header_lines"),
+    ).first().asDict()
+    usable = parsed.where((kind == P.RECORD) & ok)
+    row["duplicate_keys"] = usable.count() - usable.select(*keys).distinct().count()
+    row["used"] = row["records"] - row["parse_errors"] - (row["duplicate_keys"] if join.dedupe else 0)
+    return {k: int(v) for k, v in row.items()}
 
 
 def join_table(parsed: DataFrame, join: JoinSpec) -> DataFrame:
-    """A parsed join source reduced to its rows without parse errors, unique on its join keys.
+    """A parsed join source reduced to its records without parse errors, unique on its join keys.
 
     Give it a cached ``parsed``: without that barrier the optimizer pushes the "parsed without
-    error" filter below the parse and inlines the CSV parser into it once per column it checks
-    (dozens of parses per line; this was most of the join's cost).
+    error" filter below the parse and inlines the CSV parser into it once per column it checks.
     """
-    usable = parsed.where(F.size(F.col(P.PARSE_ERRORS)) == 0).drop(*P.RAW_COLUMNS, P.PARSE_ERRORS)
+    usable = _records(parsed).where(F.size(F.col(P.PARSE_ERRORS)) == 0).drop(*P.RAW_COLUMNS, P.PARSE_ERRORS)
     return C.unique_by(usable, list(join.keys.values())) if join.dedupe else usable
+
+
+def _check_join(join: JoinSpec, summary: dict[str, int]) -> None:
+    """Refuse a join source declared unique (dedupe: false) that is not: it would multiply rows."""
+    if not join.dedupe and summary["duplicate_keys"]:
+        raise IngestError(
+            f"join {join.name!r} ({join.source.path}): {summary['duplicate_keys']} rows repeat a join key "
+            f"{list(join.keys.values())}, but the join has dedupe: false, which declares the keys unique; "
+            "a left row would be multiplied by each match. Fix the source, or set dedupe: true to keep one row "
+            "per key (the others are counted in the report). Nothing was written.")
 
 
 @contextmanager
@@ -163,53 +215,15 @@ def all_rule_names(spec: DatasetSpec) -> list[str]:
             *C.rule_names(_required(spec), rules.ranges, rules.allowed, rules.patterns, rules.finite)]
 
 
-def _sql_string(value: str) -> str:
-    """A Spark SQL string literal (backslashes and quotes escaped)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def table_constraints(spec: DatasetSpec) -> dict[str, str]:
-    """Delta CHECK constraints of the clean table: the declared rules as table invariants.
-
-    Delta then refuses any write (this job's or another's) that would break them.
-    """
-    rules = spec.rules
-    checks = {
-        "shard_in_range": f"{C.SHARD} >= 0 AND {C.SHARD} < {spec.shards}",
-        "split_known": f"{C.SPLIT} IN ('train', 'validation', 'test')",
-    }
-    for column in _required(spec):
-        checks[f"required_{column}"] = f"{column} IS NOT NULL"
-    for column, bounds in rules.ranges.items():
-        parts = ([f"{column} >= {bounds.min}"] if bounds.min is not None else []) + \
-                ([f"{column} <= {bounds.max}"] if bounds.max is not None else [])
-        if parts:
-            checks[f"range_{column}"] = f"{column} IS NULL OR ({' AND '.join(parts)})"
-    for column, values in rules.allowed.items():
-        checks[f"allowed_{column}"] = f"{column} IS NULL OR {column} IN ({', '.join(_sql_string(v) for v in values)})"
-    for column, pattern in rules.patterns.items():
-        checks[f"pattern_{column}"] = f"{column} IS NULL OR {column} RLIKE {_sql_string(pattern)}"
-    for column in rules.finite:
-        checks[f"finite_{column}"] = (f"{column} IS NULL OR (NOT isnan({column}) "
-                                      f"AND abs({column}) < double('Infinity'))")
-    return {name.lower(): expression for name, expression in checks.items()}
-
-
-QUARANTINE_SCHEMA = T.StructType([
-    T.StructField("record_id", T.StringType(), False),
-    T.StructField("source_file", T.StringType()),
-    T.StructField("raw", T.StringType()),
-    T.StructField("rules", T.ArrayType(T.StringType())),
-    T.StructField("run_id", T.StringType()),
-])
-
-
 def shard_skew(counts: dict[int, int]) -> float:
     """max/mean of rows per shard (1.0 is perfectly even)."""
     if not counts:
         return 0.0
     mean = sum(counts.values()) / len(counts)
     return max(counts.values()) / mean if mean else 0.0
+
+
+FATES = (C.CLEAN, C.INVALID, C.DUPLICATE, C.SUPERSEDED, C.CONFLICT)
 
 
 def _accounting(marked: DataFrame, rule_names: list[str], fill_spec: dict) -> dict:
@@ -219,13 +233,20 @@ def _accounting(marked: DataFrame, rule_names: list[str], fill_spec: dict) -> di
     validation or test rows.
     """
     fate = F.col(C.FATE)
-    aggs = [F.count(F.lit(1)).alias("rows")]
-    aggs += [F.count(F.when(fate == F.lit(name), 1)).alias(f"fate:{name}")
-             for name in (C.CLEAN, C.INVALID, C.DUPLICATE, C.SUPERSEDED)]
+    aggs = [F.count(F.when(fate == F.lit(name), 1)).alias(f"fate:{name}") for name in FATES]
     aggs += [F.count(F.when(F.array_contains(F.col(C.VIOLATIONS), rule), 1)).alias(f"rule:{rule}")
              for rule in rule_names]
     aggs += fill_aggregates(fill_spec, where=(fate == F.lit(C.CLEAN)) & is_training())
     return marked.agg(*aggs).first().asDict()
+
+
+def _per_file(marked: DataFrame) -> dict[str, dict[str, int]]:
+    """Rows of each source file by fate (a second, small aggregation over the cached rows)."""
+    rows = marked.groupBy("_source_file", C.FATE).count().collect()
+    files: dict[str, dict[str, int]] = {}
+    for row in rows:
+        files.setdefault(row["_source_file"], {})[row[C.FATE]] = int(row["count"])
+    return files
 
 
 def _fail_fast_message(err: Exception) -> str | None:
@@ -235,79 +256,35 @@ def _fail_fast_message(err: Exception) -> str | None:
 
 
 def _fill_report(report: IngestReport, row: dict, spec: DatasetSpec, fill_spec: dict) -> None:
-    report.rows_read = int(row["rows"])
     report.clean_rows = int(row[f"fate:{C.CLEAN}"])
     report.invalid = int(row[f"fate:{C.INVALID}"])
     report.superseded = int(row[f"fate:{C.SUPERSEDED}"])
+    report.conflicts = int(row[f"fate:{C.CONFLICT}"])
     report.duplicates_removed = int(row[f"fate:{C.DUPLICATE}"])
-    report.quarantined = report.invalid + report.superseded
+    report.quarantined = report.invalid + report.superseded + report.conflicts
     report.rule_counts = {r: int(row[f"rule:{r}"]) for r in all_rule_names(spec) if row[f"rule:{r}"]}
-    if report.superseded:
-        report.rule_counts[SUPERSEDED] = report.superseded
     report.fill_values = fill_values_from(row, fill_spec)
 
 
+def _set_key_rule_counts(report: IngestReport) -> None:
+    for rule, count in ((C.SUPERSEDED_RULE, report.superseded), (C.CONFLICT_RULE, report.conflicts)):
+        if count:
+            report.rule_counts[rule] = count
+        else:
+            report.rule_counts.pop(rule, None)
+
+
 def _check_counts(report: IngestReport) -> None:
-    """rows read = clean + quarantined + duplicates removed, exactly."""
-    if report.clean_rows + report.quarantined + report.duplicates_removed != report.rows_read:
+    """Records read (observed as read, before any join) = clean + quarantined + duplicates, exactly."""
+    fated = report.clean_rows + report.quarantined + report.duplicates_removed
+    if fated != report.rows_read:
         raise IngestError(
-            f"accounting mismatch: read {report.rows_read} != clean {report.clean_rows} + quarantined "
-            f"{report.quarantined} + duplicates {report.duplicates_removed}"
-        )
+            f"accounting mismatch: {report.rows_read} records read, but clean {report.clean_rows} + quarantined "
+            f"{report.quarantined} + duplicates {report.duplicates_removed} = {fated} (a join multiplied or "
+            "dropped rows?); nothing was written")
 
 
-def _check_written(spark: SparkSession, path: str, version: int | None, expected: int, what: str) -> None:
-    """This run's commit ``version`` took exactly ``expected`` rows (as Delta itself recorded it).
-
-    None means the run had no rows for the table and made no commit, so there is none to check.
-    """
-    if version is None:
-        return
-    written = delta_io.written_rows(spark, path, version)
-    if written != expected:
-        raise IngestError(f"accounting mismatch: {expected} {what} rows to write, but Delta version {version} "
-                          f"of {path} recorded {written}")
-
-
-def _write(spark: SparkSession, path: str, df: DataFrame, rows: int, key: list[str], **merge: object) -> int | None:
-    """MERGE ``rows`` rows into the table; with none, commit nothing and return None.
-
-    None, not the latest version: a concurrent writer may have committed meanwhile, and its
-    commit must not be checked (or restored away) as if it were this run's.
-    """
-    if rows == 0:
-        return None
-    return delta_io.merge_by_key(spark, path, df, key, **merge)
-
-
-def _write_clean(spark: SparkSession, path: str, clean_df: DataFrame, report: IngestReport, spec: DatasetSpec,
-                 stack: ExitStack) -> int:
-    """MERGE the clean rows that are new or changed; returns how many were sent to Delta.
-
-    Into a non-empty table only rows whose (key, content hash) is not there yet are merged:
-    a MERGE of every row would rewrite each file holding a matched key even when nothing
-    changes, so a re-run of the same input now commits nothing at all.
-    """
-    source, rows = clean_df, report.clean_rows
-    if rows and not delta_io.is_empty(spark, path):
-        source = stack.enter_context(_cached(delta_io.changed_rows(spark, path, clean_df, spec.key, C.ROW_HASH)))
-        rows = source.count()
-    report.table_version = _write(spark, path, source, rows, spec.key, prune_on=(C.SPLIT, C.SHARD),
-                                  changed_when=_newer_or_changed(spec))
-    report.rows_merged = rows
-    return rows
-
-
-def _newer_or_changed(spec: DatasetSpec) -> str:
-    """MERGE update condition: the content changed and the incoming row is not older than the table's."""
-    changed = f"t.{C.ROW_HASH} <> s.{C.ROW_HASH}"
-    if spec.order_by:
-        o = spec.order_by
-        changed += f" AND (t.`{o}` IS NULL OR (s.`{o}` IS NOT NULL AND s.`{o}` >= t.`{o}`))"
-    return changed
-
-
-def _first_pass(report: IngestReport, marked: DataFrame, spec: DatasetSpec) -> None:
+def _first_pass(report: IngestReport, marked: DataFrame, spec: DatasetSpec, observation: Observation) -> None:
     """Fill the report's counts and fill values from one aggregation; fail_fast aborts surface here."""
     fill_spec = {c: (f.strategy, f.value) for c, f in spec.fill.items()}
     try:
@@ -317,60 +294,86 @@ def _first_pass(report: IngestReport, marked: DataFrame, spec: DatasetSpec) -> N
         if message is None:
             raise
         raise IngestError(f"{message}; no table was created or changed") from None
+    seen = observation.get
+    report.rows_read, report.blank_lines, report.header_lines = (int(seen[k]) for k in (P.RECORD, P.BLANK, P.HEADER))
     _fill_report(report, row, spec, fill_spec)
+    _set_key_rule_counts(report)
+    report.files = _per_file(marked)
     _check_counts(report)
 
 
-def _write_tables(spark: SparkSession, spec: DatasetSpec, report: IngestReport, clean_df: DataFrame,
-                  quarantine_df: DataFrame, clean_path: str, quarantine_path: str,
-                  progress: Callable[[str], None], stack: ExitStack) -> None:
-    """Quarantine first, then the clean table; check what Delta recorded; undo this run's own commits on any failure."""
+def clean_candidates(marked: DataFrame, fill_values: dict) -> DataFrame:
+    """Clean-fate rows with missing values filled and the content hash, raw text kept alongside."""
+    columns = clean_schema(marked)
+    kept = marked.where(F.col(C.FATE) == F.lit(C.CLEAN))
+    hashed = C.with_row_hash(C.fill_missing(kept, fill_values), [c for c in columns if c not in (C.SHARD, C.SPLIT)])
+    return hashed.select(*columns, C.ROW_HASH, *P.RAW_COLUMNS, C.VIOLATIONS, C.FATE)
+
+
+def clean_rows(marked: DataFrame, fill_values: dict) -> DataFrame:
+    """The rows for the clean table: clean fate, table columns, missing values filled, content hash."""
+    return clean_candidates(marked, fill_values).select(*clean_schema(marked), C.ROW_HASH)
+
+
+def _ensure_tables(spark: SparkSession, spec: DatasetSpec, schema, clean_path: str, quarantine_path: str) -> None:
     # Two first runs may create the same table at once: the loser retries and finds it there.
     delta_io.retry_on_conflict(lambda: delta_io.ensure_table(
-        spark, clean_path, clean_df.schema, (C.SPLIT, C.SHARD), table_constraints(spec),
-        spec.allow_schema_evolution), clean_path)
+        spark, clean_path, schema, (C.SPLIT, C.SHARD), table_constraints(spec), spec.allow_schema_evolution,
+        properties=layout.layout_properties(spec)), clean_path)
     delta_io.retry_on_conflict(lambda: delta_io.ensure_table(spark, quarantine_path, QUARANTINE_SCHEMA),
                                quarantine_path)
+
+
+def _write_tables(spark: SparkSession, spec: DatasetSpec, report: IngestReport, candidates: DataFrame,
+                  rejected: DataFrame, clean_path: str, quarantine_path: str,
+                  progress: Callable[[str], None], stack: ExitStack) -> None:
+    """Clean table, then the quarantine (with the rows that lost against the table); check each commit
+    against what Delta recorded; undo this run's own commits on any failure."""
+    _ensure_tables(spark, spec, candidates.select(*clean_schema(rejected), C.ROW_HASH).schema, clean_path,
+                   quarantine_path)
     report.write_mode = "merge into empty table" if delta_io.is_empty(spark, clean_path) else "merge"
-    try:
-        with delta_io.commit_metadata(spark, {"run_id": report.run_id, "fill_values": report.fill_values}):
-            progress("writing the quarantine table")
-            report.quarantine_version = _write(spark, quarantine_path, quarantine_df, report.quarantined,
-                                               ["record_id"], update=False)
+    before = {path: delta_io.latest_version(spark, path) for path in (clean_path, quarantine_path)}
+    with delta_io.commit_metadata(spark, {"run_id": report.run_id, "fill_values": report.fill_values}):
+        try:
             progress(f"writing the clean table ({report.write_mode})")
-            merged = _write_clean(spark, clean_path, clean_df, report, spec, stack)
-        _check_written(spark, quarantine_path, report.quarantine_version, report.quarantined, "quarantine")
-        _check_written(spark, clean_path, report.table_version, merged, "new or changed clean")
-    except BaseException as err:
-        _undo_run(spark, {quarantine_path: report.quarantine_version, clean_path: report.table_version}, err)
-        raise
+            clean, losers = W.write_clean(spark, clean_path, candidates, spec, stack)
+            report.table_version = clean.version
+            W.check_commit(spark, clean_path, clean)
+            _count_losers(report, losers)
+            progress("writing the quarantine table")
+            fates = [*P.RAW_COLUMNS, C.VIOLATIONS, C.FATE]
+            records = C.quarantine_records(rejected.select(*fates).unionByName(losers.select(*fates)), report.run_id)
+            quarantine = W.write_quarantine(spark, quarantine_path, records, stack)
+            report.quarantine_version = quarantine.version
+            W.check_commit(spark, quarantine_path, quarantine)
+        except BaseException as err:
+            # The run's own commits are found by its commit metadata, whatever step failed.
+            W.undo(spark, {path: delta_io.own_commit(spark, path, version) for path, version in before.items()}, err)
+            if isinstance(err, W.AccountingError):
+                raise IngestError(str(err)) from err
+            raise
+    report.rows_inserted, report.rows_updated = clean.inserted, clean.updated
+    report.rows_merged = clean.inserted + clean.updated
+    report.quarantine_inserted = quarantine.inserted
     # Only now may a version that is not this run's own commit stand in for one that was not made.
     report.quarantine_version = _latest_if_none(spark, quarantine_path, report.quarantine_version)
     report.table_version = _latest_if_none(spark, clean_path, report.table_version)
 
 
-def _undo_run(spark: SparkSession, written: dict[str, int | None], err: BaseException) -> None:
-    """Undo each commit this run made (its own, found by run id), never a concurrent writer's."""
-    for path, version in written.items():
-        if version is None:
-            continue
-        try:
-            delta_io.undo_commit(spark, path, version)
-        except delta_io.UndoError as undo_err:
-            log.error("%s", undo_err)
-            err.add_note(str(undo_err))
+def _count_losers(report: IngestReport, losers: DataFrame) -> None:
+    """Clean rows that lost against the table's row of their key move from clean to the quarantine."""
+    lost = {r[0]: int(r[1]) for r in losers.groupBy(C.FATE).count().collect()}
+    moved = sum(lost.values())
+    report.clean_rows -= moved
+    report.superseded += lost.get(C.SUPERSEDED, 0)
+    report.conflicts += lost.get(C.CONFLICT, 0)
+    report.quarantined += moved
+    _set_key_rule_counts(report)
 
 
 def _latest_if_none(spark: SparkSession, path: str, version: int | None) -> int:
     """The version this run produced, or (when it committed nothing) the table's current one."""
     return delta_io.latest_version(spark, path) if version is None else version
-
-
-def clean_rows(marked: DataFrame, fill_values: dict) -> DataFrame:
-    """The rows for the clean table: clean fate, table columns, missing values filled, content hash."""
-    columns = clean_schema(marked)
-    kept = marked.where(F.col(C.FATE) == F.lit(C.CLEAN)).select(*columns)
-    return C.with_row_hash(C.fill_missing(kept, fill_values), [c for c in columns if c not in (C.SHARD, C.SPLIT)])
 
 
 def _table_statistics(spark: SparkSession, spec: DatasetSpec, report: IngestReport, clean_path: str) -> None:
@@ -388,6 +391,28 @@ def _table_statistics(spark: SparkSession, spec: DatasetSpec, report: IngestRepo
     report.feature_stats = stats.to_dict()
 
 
+def _read_joins(spark: SparkSession, spec: DatasetSpec, lake: Lake, base_dir: Path, report: IngestReport,
+                stack: ExitStack) -> list[tuple[JoinSpec, DataFrame]]:
+    """Each join source parsed, cached, summarised in the report and checked; then made unique."""
+    joins = []
+    for join in spec.joins:
+        parsed = stack.enter_context(_cached(read_parsed(
+            spark, join.source, [(c.name, c.type) for c in join.columns], lake.staging(), base_dir, False)))
+        report.joins[join.name] = join_summary(parsed, join)
+        _check_join(join, report.joins[join.name])
+        joins.append((join, join_table(parsed, join)))
+    return joins
+
+
+def _check_existing(spark: SparkSession, spec: DatasetSpec, marked: DataFrame, clean_path: str) -> bool:
+    """Refuse a schema or layout change before the expensive pass; True when the table holds rows."""
+    if not delta_io.table_exists(spark, clean_path):
+        return False
+    delta_io.check_schema(spark, clean_path, clean_rows(marked, {}).schema, spec.allow_schema_evolution)
+    layout.check_layout(spark, clean_path, spec)
+    return not delta_io.is_empty(spark, clean_path)
+
+
 def run_ingest(
     spark: SparkSession,
     lake: Lake,
@@ -401,9 +426,10 @@ def run_ingest(
     """Read, clean, shard and write the dataset into its Delta tables; verify the accounting.
 
     ``mode='fail_fast'`` aborts at the first row that breaks a rule, before any table is created
-    or changed. Re-running on the same input leaves table content identical. If a write or the
-    accounting check fails, the commits this run made are undone (RESTORE to the version before
-    each), unless another writer committed on top of them: then the error says so.
+    or changed. Re-running on the same input leaves table content identical and commits nothing.
+    A layout change (key, shards, splits, salt) is refused before any write (``layout``). If a
+    write or the accounting check fails, the commits this run made are undone (RESTORE to the
+    version before each), unless another writer committed on top of them: then the error says so.
     """
     if mode not in ("quarantine", "fail_fast"):
         raise ValueError(f"mode must be 'quarantine' or 'fail_fast', got {mode!r}")
@@ -415,27 +441,24 @@ def run_ingest(
 
     with ExitStack() as stack:
         progress("checking the source schema")
-        parsed = read_parsed(spark, spec.source, columns, lake, base_dir, spec.allow_schema_evolution)
-        joins = [(j, join_table(stack.enter_context(_cached(read_parsed(
-            spark, j.source, [(c.name, c.type) for c in j.columns], lake, base_dir, False))), j))
-            for j in spec.joins]
-        flagged = flag_records(parsed, spec, joins)
+        parsed, observation = _kind_counts(read_parsed(spark, spec.source, columns, lake.staging(), base_dir,
+                                                       spec.allow_schema_evolution))
+        joins = _read_joins(spark, spec, lake, base_dir, report, stack)
+        flagged = flag_records(_records(parsed), spec, joins)
         if mode == "fail_fast":
             flagged = C.abort_on_violation(flagged)
-        marked = C.mark_duplicates(flagged, spec.key, spec.order_by)
-        # Refuse a schema change before the expensive pass, not after it.
-        if delta_io.table_exists(spark, clean_path):
-            delta_io.check_schema(spark, clean_path, clean_rows(marked, {}).schema, spec.allow_schema_evolution)
-        # Only quarantined rows need their raw text and file from here on: not caching them for
-        # the others makes the cache much smaller.
-        rejected_fate = F.col(C.FATE).isin(C.INVALID, C.SUPERSEDED)
-        marked = marked.withColumns({c: F.when(rejected_fate, F.col(c)) for c in P.RAW_COLUMNS})
-        marked = stack.enter_context(_cached(marked))
+        marked = C.mark_duplicates(flagged, spec.key, spec.order_by, spec.on_key_conflict)
+        has_rows = _check_existing(spark, spec, marked, clean_path)
+        # Only rejected rows need their raw text from here on, and clean rows only when they may
+        # still lose against the table's row of their key: not caching it for the others keeps
+        # the cache much smaller.
+        keep_raw = F.lit(True) if has_rows else F.col(C.FATE).isin(*C.REJECTED)
+        marked = stack.enter_context(_cached(marked.withColumn("_raw", F.when(keep_raw, F.col("_raw")))))
         progress("parsing, checking rules and resolving duplicates")
-        _first_pass(report, marked, spec)
-        rejected = marked.where(rejected_fate)
-        _write_tables(spark, spec, report, clean_rows(marked, report.fill_values),
-                      C.quarantine_records(rejected, run_id), clean_path, quarantine_path, progress, stack)
+        _first_pass(report, marked, spec, observation)
+        rejected = marked.where(F.col(C.FATE).isin(*C.REJECTED))
+        _write_tables(spark, spec, report, clean_candidates(marked, report.fill_values), rejected,
+                      clean_path, quarantine_path, progress, stack)
     if optimize:
         progress("optimizing (compaction)")
         report.table_version = delta_io.optimize(spark, clean_path)
@@ -443,34 +466,13 @@ def run_ingest(
     progress("computing shard skew and feature statistics")
     _table_statistics(spark, spec, report, clean_path)
     report.seconds = round(time.monotonic() - started, 2)
-    record_run(spark, lake, spec.name, report)
+    W.record_run(spark, lake.table(spec.name, "ingest_runs"), report.to_dict())
     return report
 
 
-RUNS_SCHEMA = T.StructType([
-    T.StructField("run_id", T.StringType(), False),
-    T.StructField("dataset", T.StringType()),
-    T.StructField("table_version", T.LongType()),
-    T.StructField("quarantine_version", T.LongType()),
-    T.StructField("rows_read", T.LongType()),
-    T.StructField("clean_rows", T.LongType()),
-    T.StructField("quarantined", T.LongType()),
-    T.StructField("duplicates_removed", T.LongType()),
-    T.StructField("rule_counts", T.MapType(T.StringType(), T.LongType())),
-    T.StructField("shard_counts", T.MapType(T.IntegerType(), T.LongType())),
-    T.StructField("skew_ratio", T.DoubleType()),
-    T.StructField("report_json", T.StringType()),
-])
-
-
-def record_run(spark: SparkSession, lake: Lake, dataset: str, report: IngestReport) -> None:
-    """Upsert the run's report (counts, versions, statistics) into the dataset's ingest_runs table."""
-    row = (report.run_id, dataset, report.table_version, report.quarantine_version, report.rows_read,
-           report.clean_rows, report.quarantined, report.duplicates_removed, report.rule_counts,
-           report.shard_counts, float(report.skew_ratio), json.dumps(report.to_dict(), sort_keys=True, default=str))
-    path = lake.table(dataset, "ingest_runs")
-    delta_io.retry_on_conflict(lambda: delta_io.ensure_table(spark, path, RUNS_SCHEMA), path)
-    delta_io.merge_by_key(spark, path, spark.createDataFrame([row], RUNS_SCHEMA), ["run_id"])
+def rebuild_layout(spark: SparkSession, lake: Lake, spec: DatasetSpec) -> int:
+    """Rewrite the clean table in ``spec``'s layout (shards, splits, salt) in one commit; its version."""
+    return layout.rebuild(spark, lake.table(spec.name, "clean"), spec, table_constraints(spec))
 
 
 def feature_stats_for(spark: SparkSession, lake: Lake, spec: DatasetSpec, version: int) -> FeatureStats:

@@ -20,11 +20,14 @@ ROW_HASH = "_row_hash"
 FATE = "_fate"
 SPLITS = ("train", "validation", "test")
 
-# What happens to a row: kept, rejected by a rule, removed as an exact copy, or replaced by a newer
-# row of the same key. Only ``clean`` rows reach the clean table; ``invalid`` and ``superseded``
-# rows go to the quarantine; ``duplicate`` rows are counted and dropped (an identical row is kept).
-CLEAN, INVALID, DUPLICATE, SUPERSEDED = "clean", "invalid", "duplicate", "superseded"
+# What happens to a row: kept, rejected by a rule, removed as an exact copy, replaced by a newer
+# row of the same key, or in conflict with another row of its key that nothing orders it against.
+# Only ``clean`` rows reach the clean table; ``invalid``, ``superseded`` and ``conflict`` rows go to
+# the quarantine; ``duplicate`` rows are counted and dropped (an identical row is kept).
+CLEAN, INVALID, DUPLICATE, SUPERSEDED, CONFLICT = "clean", "invalid", "duplicate", "superseded", "conflict"
+REJECTED = (INVALID, SUPERSEDED, CONFLICT)
 SUPERSEDED_RULE = "superseded_by_newer_key"
+CONFLICT_RULE = "key_conflict"
 FAIL_FAST_MARK = "shardlake fail_fast:"
 
 
@@ -151,29 +154,36 @@ def data_columns(df: DataFrame) -> list[str]:
     return [c for c in df.columns if c not in skip]
 
 
-def mark_duplicates(df: DataFrame, key: Sequence[str], order_by: str | None = None) -> DataFrame:
-    """Add ``_fate`` to every row: clean, invalid, duplicate (exact copy) or superseded (older key row).
+def mark_duplicates(df: DataFrame, key: Sequence[str], order_by: str | None = None,
+                    on_conflict: str = "quarantine") -> DataFrame:
+    """Add ``_fate`` to every row: clean, invalid, duplicate, superseded or conflict.
 
-    Valid rows of one key are ordered newest first by ``order_by`` (nulls last), ties by content;
-    the first is ``clean``, a row equal in every data column to the row before it is a
-    ``duplicate``, any other is ``superseded``. Invalid rows keep ``invalid``.
+    Valid rows of one key are ordered newest first by ``order_by`` (nulls oldest). A row equal
+    in every data column to another is a ``duplicate`` (one copy stays). Rows older than the
+    key's newest are ``superseded``. Among the newest (all rows, without ``order_by``), one
+    distinct content is ``clean``; several distinct contents have no order between them, so
+    nothing is picked silently: all are ``conflict`` (quarantined), unless ``on_conflict`` is
+    ``keep_one``, which keeps the smallest content hash and supersedes the others, the same rule
+    ``keys.incoming_wins`` applies against the table. Invalid rows keep ``invalid``.
 
-    One window does both jobs, partitioned by (key hash, split, shard, validity, key): all but
-    validity are functions of the key, so this groups exactly by key, and the one hash exchange
-    on (shard, key) satisfies it (a single shuffle). Ties on ``order_by`` go to
-    the row with the smaller content hash: arbitrary, but the same on every run.
+    The windows are partitioned by (key hash, split, shard, validity, key): all but validity are
+    functions of the key, so this groups exactly by key, and the one hash exchange on
+    (shard, key) satisfies them (a single shuffle).
     """
     content_cols = data_columns(df)
-    order = [F.col(order_by).desc_nulls_last()] if order_by else []
-    # The key hash leads the window: it does not change the groups (it is a function of the key),
-    # but sorting on a 64-bit number first is much cheaper than on split/shard strings and ints.
-    window = (Window.partitionBy(F.col("_key_hash"), F.col(SPLIT), F.col(SHARD), F.col("_valid"),
-                                 *[F.col(k) for k in key])
-              .orderBy(*order, F.col("_content_hash"), F.col("_content")))
-    previous = F.lag(F.col("_content")).over(window)
+    # The key hash leads the partitioning: it does not change the groups (it is a function of the
+    # key), but sorting on a 64-bit number first is much cheaper than on split/shard strings and ints.
+    group = Window.partitionBy(F.col("_key_hash"), F.col(SPLIT), F.col(SHARD), F.col("_valid"),
+                               *[F.col(k) for k in key])
+    newest = F.col(order_by).eqNullSafe(F.max(order_by).over(group)) if order_by else F.lit(True)
+    ordered = group.orderBy(F.col("_newest").desc(), F.col("_content_hash"), F.col("_content"))
+    contents_at_newest = F.size(F.collect_set(F.when(F.col("_newest"), F.col("_content_hash"))).over(group))
+    previous = F.lag(F.col("_content")).over(ordered)
     fate = (F.when(~F.col("_valid"), F.lit(INVALID))
             .when(F.col("_content").eqNullSafe(previous), F.lit(DUPLICATE))
-            .when(F.row_number().over(window) == 1, F.lit(CLEAN))
+            .when(~F.col("_newest"), F.lit(SUPERSEDED))
+            .when((contents_at_newest > 1) & F.lit(on_conflict != "keep_one"), F.lit(CONFLICT))
+            .when(F.row_number().over(ordered) == 1, F.lit(CLEAN))
             .otherwise(F.lit(SUPERSEDED)))
     # The explicit exchange comes before the comparison columns are built, so they are computed
     # after the shuffle instead of travelling through it (they would double its size).
@@ -182,8 +192,8 @@ def mark_duplicates(df: DataFrame, key: Sequence[str], order_by: str | None = No
         "_valid": F.size(F.col(VIOLATIONS)) == 0,
         "_content": F.struct(*[F.col(c) for c in content_cols]),
         "_content_hash": F.xxhash64(*[F.col(c) for c in content_cols]),
-    })
-    return prepared.withColumn(FATE, fate).drop("_key_hash", "_valid", "_content", "_content_hash")
+    }).withColumn("_newest", newest)
+    return prepared.withColumn(FATE, fate).drop("_key_hash", "_valid", "_content", "_content_hash", "_newest")
 
 
 def with_row_hash(df: DataFrame, columns: Sequence[str]) -> DataFrame:
@@ -209,11 +219,13 @@ def fill_missing(df: DataFrame, values: Mapping[str, object]) -> DataFrame:
 def quarantine_records(df: DataFrame, run_id: str) -> DataFrame:
     """Rows for the quarantine table: raw record, source, broken rules, a stable record id, the run.
 
-    ``df`` holds rejected rows (``_fate`` invalid or superseded). The record id hashes file, raw
+    ``df`` holds rejected rows (``_fate`` invalid, superseded or conflict). The record id hashes file, raw
     text and the occurrence number of that text in the file, so identical bad lines are all kept
     and a re-run of the same input finds the same ids (the MERGE inserts nothing twice).
     """
-    rules = F.when(F.col(FATE) == F.lit(SUPERSEDED), F.array(F.lit(SUPERSEDED_RULE))).otherwise(F.col(VIOLATIONS))
+    rules = (F.when(F.col(FATE) == F.lit(SUPERSEDED), F.array(F.lit(SUPERSEDED_RULE)))
+             .when(F.col(FATE) == F.lit(CONFLICT), F.array(F.lit(CONFLICT_RULE)))
+             .otherwise(F.col(VIOLATIONS)))
     occurrence = F.row_number().over(Window.partitionBy("_source_file", "_raw").orderBy(F.lit(1)))
     with_id = df.select(*RAW_COLUMNS, rules.alias("rules")).withColumn("_occ", occurrence)
     record_id = F.sha2(F.concat_ws("\u0001", F.col("_source_file"), F.col("_raw"), F.col("_occ").cast("string")), 256)
