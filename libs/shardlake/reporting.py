@@ -9,10 +9,12 @@ def print_ingest(report, console: Console) -> None:
     """Rows in, clean, quarantined (per rule), duplicates, versions, shard skew."""
     table = Table(title=f"ingest {report.dataset} ({report.run_id})", show_header=False)
     for label, value in [
-        ("rows read", report.rows_read),
+        ("records read", report.rows_read),
         ("rows clean", report.clean_rows),
         ("rows quarantined", report.quarantined),
         ("exact duplicates removed", report.duplicates_removed),
+        ("blank lines / repeated header lines", f"{report.blank_lines} / {report.header_lines}"),
+        ("clean rows inserted / updated", f"{report.rows_inserted} / {report.rows_updated}"),
         ("clean table version", report.table_version),
         ("quarantine table version", report.quarantine_version),
         ("shard skew (max/mean)", f"{report.skew_ratio:.3f}" + ("  [red]WARNING: skewed[/red]" if report.skew_warning else "")),
@@ -21,6 +23,8 @@ def print_ingest(report, console: Console) -> None:
         table.add_row(label, str(value))
     for rule, count in report.rule_counts.items():
         table.add_row(f"  rule {rule}", str(count))
+    for name, counts in report.joins.items():
+        table.add_row(f"join {name}", ", ".join(f"{k} {v}" for k, v in counts.items()))
     table.add_row("rows per shard", ", ".join(f"{s}:{n}" for s, n in report.shard_counts.items()))
     console.print(table)
 
