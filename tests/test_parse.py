@@ -1,19 +1,10 @@
-"""Parsing with a declared schema: every record kept, with its raw text and the reason it did not parse."""
+"""Parsing with a declared schema: lines to records, every record kept with its raw text and the reason it did not parse."""
 from __future__ import annotations
 
-import zipfile
-from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from shardlake import sources
-from shardlake.config import SourceSpec
-from shardlake.lake import Lake
-from shardlake.stages.ingest import read_parsed
 from shardlake.transforms import parse as P
 
 RAW = "_raw string, _source_file string"
@@ -97,80 +88,111 @@ def test_non_finite_numbers_convert_for_the_finite_rule(spark):
                                                "id int, nan boolean, infinite boolean, _parse_errors array<string>"))
 
 
-# --- sources: files to raw records, per format ----------------------------------------------------
+# --- the quote grammar: where a record ends ---------------------------------------------------------
 
-COLUMNS = [("id", "int"), ("name", "string")]
-PARSED = "_raw string, _source_file string, id int, name string, _parse_errors array<string>"
-
-
-def parsed(spark, tmp_path: Path, source: SourceSpec):
-    return read_parsed(spark, source, COLUMNS, Lake.at(tmp_path / "lake"), tmp_path, False)
-
-
-def test_csv_header_and_blank_lines_are_not_records(spark, tmp_path):
-    path = tmp_path / "a.csv"
-    path.write_text("id,name\n1,ann\n\n2,bob\n")
-    uri = path.resolve().as_uri()
-    assertDataFrameEqual(parsed(spark, tmp_path, SourceSpec(format="csv", path=str(path))),
-                         spark.createDataFrame([("1,ann", uri, 1, "ann", []), ("2,bob", uri, 2, "bob", [])], PARSED))
+@pytest.mark.parametrize(("text", "opens"), [
+    ("1,ann", False), ('1,"ann', True), ('1,"ann, jr",3', False), ('1,"say ""hi"""', False), ('1,"say ""hi""', True),
+    ("1,5'10\",x", False), ('1,  "ann', True), ('1,"ann"x,"b', True), ('"a\nb",2', False), ("", False),
+])
+def test_a_quote_is_open_only_when_a_quoted_field_has_not_closed(spark, text, opens):
+    df = spark.createDataFrame([(text,)], "t string")
+    assert df.select(P.opens_quote(F.col("t"))).first()[0] is opens
 
 
-def test_zipped_csv_is_read_from_its_extracted_member(spark, tmp_path):
-    with zipfile.ZipFile(tmp_path / "a.zip", "w") as zf:
-        zf.writestr("a.csv", "id,name\n1,ann\n")
-    actual = parsed(spark, tmp_path, SourceSpec(format="csv", path=str(tmp_path / "a.zip")))
-    assert actual.first()["_source_file"].endswith("/a.csv")
-    assertDataFrameEqual(actual.drop("_source_file"),
-                         spark.createDataFrame([("1,ann", 1, "ann", [])],
-                                               "_raw string, id int, name string, _parse_errors array<string>"))
+@pytest.mark.parametrize(("text", "stays"), [
+    ("more text", True), ('end"', False), ('end",2', False), ('still ""quoted""', True), ('end",2,"again', True),
+    ("", True), ('"', False),
+])
+def test_inside_a_quoted_field_a_lone_quote_closes_it(spark, text, stays):
+    df = spark.createDataFrame([(text,)], "t string")
+    assert df.select(P.stays_quoted(F.col("t"))).first()[0] is stays
 
 
-def test_a_glob_reads_every_matching_file(spark, tmp_path):
-    for i in (1, 2):
-        (tmp_path / f"part{i}.csv").write_text(f"id,name\n{i},n{i}\n")
-    actual = parsed(spark, tmp_path, SourceSpec(format="csv", path="part*.csv")).select("id", "name")
-    assertDataFrameEqual(actual, spark.createDataFrame([(1, "n1"), (2, "n2")], "id int, name string"))
+def test_the_quote_grammar_follows_the_declared_delimiter(spark):
+    # A quote opens a field only right after a delimiter: the other character is just text.
+    df = spark.createDataFrame([('1;"a,b', ), ('1,"a;b', )], "t string")
+    opens = [P.opens_quote(F.col("t"), delimiter).alias(delimiter) for delimiter in (";", ",")]
+    assert [tuple(r) for r in df.select(*opens).collect()] == [(True, False), (False, True)]
 
 
-def test_json_lines_with_a_bad_type_keep_the_raw_record(spark, tmp_path):
-    path = tmp_path / "a.json"
-    path.write_text('{"id": 1, "name": "ann"}\n{"id": "x1", "name": "bob"}\n')
-    uri = path.resolve().as_uri()
-    expected = spark.createDataFrame([('{"id": 1, "name": "ann"}', uri, 1, "ann", []),
-                                      ('{"id": "x1", "name": "bob"}', uri, None, "bob", ["type:id"])], PARSED)
-    assertDataFrameEqual(parsed(spark, tmp_path, SourceSpec(format="json", path=str(path))), expected)
+# --- stitching lines into records --------------------------------------------------------------------
+
+LINES = "_source_file string, _line_block long, _line_no long, _line string"
+RECORDS = "_raw string, _source_file string"
 
 
-def test_parquet_rows_become_json_records(spark, tmp_path):
-    pq.write_table(pa.table({"id": pa.array([1, 2], pa.int32()), "name": ["ann", None]}), tmp_path / "a.parquet")
-    actual = parsed(spark, tmp_path, SourceSpec(format="parquet", path=str(tmp_path / "a.parquet")))
-    expected = spark.createDataFrame([('{"id":1,"name":"ann"}', 1, "ann", []), ('{"id":2}', 2, None, [])],
-                                     "_raw string, id int, name string, _parse_errors array<string>")
-    assertDataFrameEqual(actual.drop("_source_file"), expected)
+def test_lines_of_a_quoted_newline_are_one_record_with_their_crlf(spark):
+    lines = spark.createDataFrame([("f", 0, 0, '1,"a\r'), ("f", 0, 1, 'b"\r'), ("f", 0, 2, "2,c\r")], LINES)
+    assertDataFrameEqual(P.stitch_records(lines),
+                         spark.createDataFrame([('1,"a\r\nb"', "f"), ("2,c", "f")], RECORDS))
 
 
-def test_latin1_source_is_decoded_as_declared(spark, tmp_path):
-    path = tmp_path / "a.csv"
-    path.write_bytes("id,name\n1,José\n".encode("latin-1"))
-    actual = parsed(spark, tmp_path, SourceSpec(format="csv", path=str(path), encoding="ISO-8859-1"))
-    assertDataFrameEqual(actual.select("_raw", "name", "_parse_errors"),
-                         spark.createDataFrame([("1,José", "José", [])],
-                                               "_raw string, name string, _parse_errors array<string>"))
+def test_lines_are_stitched_in_file_order_across_blocks(spark):
+    lines = spark.createDataFrame([("f", 90, 7, 'end"'), ("f", 0, 1, '1,"start'), ("f", 0, 2, "middle"),
+                                   ("g", 0, 3, "1,x")], LINES)
+    assertDataFrameEqual(P.stitch_records(lines),
+                         spark.createDataFrame([('1,"start\nmiddle\nend"', "f"), ("1,x", "g")], RECORDS))
 
 
-def test_parquet_with_a_changed_column_type_is_refused(tmp_path):
-    pq.write_table(pa.table({"id": ["1"], "name": ["ann"]}), tmp_path / "a.parquet")
-    with pytest.raises(sources.SourceError, match="column id is string in the file, declared int"):
-        sources.check_parquet_schemas([tmp_path / "a.parquet"], COLUMNS, allow_evolution=False)
+def test_the_first_line_of_each_file_is_the_header_and_no_record(spark):
+    lines = spark.createDataFrame([("f", 0, 5, "id,name"), ("f", 0, 6, "1,a"), ("g", 0, 1, "id,name")], LINES)
+    assertDataFrameEqual(P.stitch_records(lines, header=True), spark.createDataFrame([("1,a", "f")], RECORDS))
 
 
-def test_json_with_an_undeclared_field_is_refused(tmp_path):
-    (tmp_path / "a.json").write_text('{"id": 1, "name": "ann", "extra": 2}\n')
-    with pytest.raises(sources.SourceError, match=r"undeclared fields \['extra'\]"):
-        sources.check_json_fields([tmp_path / "a.json"], ["id", "name"], "UTF-8", allow_evolution=False)
+def test_a_quote_that_never_closes_holds_no_newline(spark):
+    # Line 3 opens a quote that no later line closes: it is a record alone, and line 4 is a record.
+    lines = spark.createDataFrame([("f", 0, 1, '1,"a'), ("f", 0, 2, 'b",2'), ("f", 0, 3, '3,"open'),
+                                   ("f", 0, 4, "4,d")], LINES)
+    expected = [('1,"a\nb",2', "f"), ('3,"open', "f"), ("4,d", "f")]
+    assertDataFrameEqual(P.stitch_records(lines), spark.createDataFrame(expected, RECORDS))
 
 
-def test_csv_header_with_a_byte_order_mark_is_not_a_schema_change(tmp_path):
-    (tmp_path / "a.csv").write_bytes("\ufeffid,name\n1,ann\n".encode("utf-8"))
-    groups = sources.check_csv_headers([tmp_path / "a.csv"], ["id", "name"], ",", "UTF-8", False)
-    assert groups == [sources.SourceGroup(("id", "name"), (tmp_path / "a.csv",))]
+def test_a_quote_opened_after_one_that_closed_is_stitched_too(spark):
+    lines = spark.createDataFrame([("f", 0, 1, '1,"a'), ("f", 0, 2, 'b","c'), ("f", 0, 3, 'd"')], LINES)
+    assertDataFrameEqual(P.stitch_records(lines), spark.createDataFrame([('1,"a\nb","c\nd"', "f")], RECORDS))
+
+
+# --- record kinds ---------------------------------------------------------------------------------------
+
+def test_record_kind_tells_blank_and_header_lines_from_records(spark):
+    df = spark.createDataFrame([("",), ("   ",), ("id,name",), ("\ufeffid,name",), ("1,ann",), ("id,names",)],
+                               "r string")
+    actual = df.select("r", P.record_kind(F.col("r"), F.lit("id,name")).alias("kind"))
+    expected = [("", "blank"), ("   ", "blank"), ("id,name", "header"), ("\ufeffid,name", "header"),
+                ("1,ann", "record"), ("id,names", "record")]
+    assertDataFrameEqual(actual, spark.createDataFrame(expected, "r string, kind string"))
+
+
+# --- split_fields and cast_columns ------------------------------------------------------------------------
+
+KINDS = "_raw string, _source_file string, _record_kind string"
+
+
+def test_csv_quote_that_never_closes_is_malformed_even_with_the_right_field_count(spark):
+    raw = spark.createDataFrame([('1,"open', "f")], RAW)
+    actual = P.split_fields(raw, ["a", "b"], "csv").select("_raw", "_parse_errors")
+    assertDataFrameEqual(actual, spark.createDataFrame([('1,"open', ["malformed"])],
+                                                       "_raw string, _parse_errors array<string>"))
+
+
+def test_csv_quoted_newlines_are_part_of_the_field(spark):
+    raw = spark.createDataFrame([('1,"x\r\ny","a\nb"', "f")], RAW)
+    expected = spark.createDataFrame([('1,"x\r\ny","a\nb"', "f", "1", "x\r\ny", "a\nb", [])], FIELDS)
+    assertDataFrameEqual(P.split_fields(raw, ["a", "b", "c"], "csv"), expected)
+
+
+def test_blank_and_header_rows_keep_their_kind_with_null_fields_and_no_errors(spark):
+    raw = spark.createDataFrame([("", "f", "blank"), ("a,b,c", "f", "header"), ("1,2", "f", "record")], KINDS)
+    expected = spark.createDataFrame([("", "f", "blank", None, None, None, []),
+                                      ("a,b,c", "f", "header", None, None, None, []),
+                                      ("1,2", "f", "record", "1", "2", None, ["malformed"])],
+                                     KINDS + ", a string, b string, c string, _parse_errors array<string>")
+    assertDataFrameEqual(P.split_fields(raw, ["a", "b", "c"], "csv"), expected)
+
+
+def test_casting_keeps_the_record_kind(spark):
+    strings = spark.createDataFrame([("r", "f", "record", "7", []), ("", "f", "blank", None, [])],
+                                    KINDS + ", id string, _parse_errors array<string>")
+    actual = P.cast_columns(strings, [("id", "int")], ["NA"])
+    assertDataFrameEqual(actual, spark.createDataFrame([("r", "f", "record", 7, []), ("", "f", "blank", None, [])],
+                                                       KINDS + ", id int, _parse_errors array<string>"))
