@@ -1,10 +1,12 @@
-"""Reading a declared source into raw records: the I/O edge of ingest.
+"""Reading a declared source: the I/O edge of ingest.
 
-Every source becomes one DataFrame of raw records (``_raw`` text plus ``_source_file``), so that
-parsing, and the capture of rows that do not parse, happen in pure transforms afterwards.
-Before anything is read, each file's own schema (CSV header, Parquet schema, first JSON record)
-is compared with the declared columns: a changed source is refused here, with the file named,
-unless the dataset allows schema evolution.
+Files are found (package://, globs, folders), zip archives extracted, and each file's own
+schema (CSV header, Parquet schema, first JSON record) compared with the declared columns
+before anything is read: a changed source is refused here, with the file named, unless the
+dataset allows schema evolution. ``read_lines`` then hands over the text of the files, one row
+per physical line, so that finding records in it, parsing, and the capture of rows that do not
+parse happen in pure transforms afterwards (``shardlake.transforms.parse``, put together by
+``shardlake.reading``).
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ import hashlib
 import importlib.util
 import io
 import json
+import re
 import shutil
+import urllib.parse
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +27,8 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+
+from shardlake.transforms.parse import LINE, LINE_BLOCK, LINE_NO
 
 UTF8 = ("utf-8", "utf8")
 # A separator that never occurs in text, so the CSV reader hands over whole lines (see _read_lines).
@@ -107,6 +113,17 @@ def _first_line(path: Path, encoding: str) -> str:
         return handle.readline().rstrip("\r\n")
 
 
+def header_line(path: Path, encoding: str) -> str:
+    """A file's first line as text, without its line ending (a byte-order mark is kept)."""
+    return _first_line(path, encoding)
+
+
+def _only_blank_lines(path: Path, encoding: str) -> bool:
+    """True when every line of the file is empty or spaces (read until the first line that is not)."""
+    with path.open("r", encoding=encoding, errors="replace", newline="") as handle:
+        return all(not line.strip(" \r\n\ufeff") for line in handle)
+
+
 def read_header(path: Path, delimiter: str, encoding: str) -> list[str]:
     """Column names from a CSV file's first line (a UTF-8 byte-order mark is ignored); empty file: none."""
     first = _first_line(path, encoding).lstrip("\ufeff")
@@ -150,7 +167,14 @@ def check_csv_headers(files: list[Path], expected: list[str], delimiter: str, en
             continue
         header = read_header(path, delimiter, encoding)
         if not header:
-            continue
+            # A first line that is blank is no header. Only a file of blank lines is accepted
+            # (under the declared columns: it has no record to read by them); its blank lines
+            # are then read, and counted, like any other.
+            if not _only_blank_lines(path, encoding):
+                raise SourceError(f"{path}: the first line is blank, but the source declares a header line "
+                                  f"(expected columns {expected}). Refused: remove the blank lines before "
+                                  "the header, or set header: false.")
+            header = list(expected)
         if len(header) == 1 and len(expected) > 1 and header != expected:
             raise SourceError(
                 f"{path}: header has 1 column with delimiter {delimiter!r}: wrong delimiter? "
@@ -248,9 +272,49 @@ def _read_lines(spark: SparkSession, uris: list[str], encoding: str) -> DataFram
             .csv(uris))
 
 
+def spark_path(path: Path) -> str:
+    """The path as Spark's readers take it: ``file://`` and the absolute path, glob characters escaped.
+
+    Not ``Path.as_uri()``: Spark does not undo its percent-escapes (a file named ``a b.csv``
+    would not be found), and it reads ``[]{}*?`` as a glob.
+    """
+    return "file://" + re.sub(r"([\\{}\[\]*?])", r"\\\1", str(path.resolve()))
+
+
+def local_path(uri: str) -> Path:
+    """The local file of a URI as Spark reports it (``input_file_name``)."""
+    return Path(urllib.parse.unquote(urllib.parse.urlparse(uri).path))
+
+
+def read_lines(spark: SparkSession, files: Sequence[Path], encoding: str = "UTF-8", ordered: bool = False) -> DataFrame:
+    """The files' physical lines as (``_source_file``, ``_line``), decoded from ``encoding`` (a JVM name).
+
+    ``_source_file`` is the file's URI as Spark writes it (``input_file_name``; ``local_path``
+    turns it back into the file).
+
+    Read in parallel: a large file is split into blocks, each read by its own task. Lines end at
+    LF, CRLF or CR and come without their ending. ``ordered`` adds each line's place in its file
+    (``_line_block``: the first byte of the block that read it; ``_line_no``: increasing within a
+    block) and splits at LF only, leaving the CR of a CRLF at the end of the line, so that
+    newlines inside quoted fields keep their bytes. ``encoding`` must be ASCII-compatible.
+    """
+    text = (spark.read.option("lineSep", "\n") if ordered else spark.read).text([spark_path(f) for f in files])
+    # The text source keeps a line's bytes as they are (UTF-8 is taken as is, so invalid bytes
+    # can be found later); other encodings are decoded from those bytes.
+    line = F.col("value") if encoding.lower() in UTF8 else F.decode(F.col("value").cast("binary"), encoding)
+    where = ([F.col("_metadata.file_block_start").alias(LINE_BLOCK), F.monotonically_increasing_id().alias(LINE_NO)]
+             if ordered else [])
+    return text.select(F.input_file_name().alias("_source_file"), line.alias(LINE), *where)
+
+
 def read_raw_records(spark: SparkSession, files: Sequence[Path], fmt: str, header: bool,
                      encoding: str = "UTF-8") -> DataFrame:
-    """Raw records as (_raw string, _source_file string): one per line, or one JSON per Parquet row."""
+    """Raw records as (_raw string, _source_file string): one per line, or one JSON per Parquet row.
+
+    The reader of ingest before ``shardlake.reading``: blank lines and lines equal to the header
+    are dropped, and a quoted newline splits a record. Kept until ingest reads through
+    ``reading.read_parsed``.
+    """
     present = [f for f in files if f.stat().st_size > 0]
     uris = [f.resolve().as_uri() for f in present]
     schema = T.StructType([T.StructField("_raw", T.StringType()), T.StructField("_source_file", T.StringType())])
