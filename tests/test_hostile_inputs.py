@@ -104,13 +104,15 @@ def test_null_keys_are_quarantined(spark, tmp_path, reliability):
     assert all("required:id" in rules for rules in (list(r["rules"]) for r in quarantine.collect()))
 
 
-def test_duplicate_keys_keep_one_row_and_account_for_the_rest(spark, tmp_path, reliability):
+def test_exact_copies_are_counted_and_conflicting_rows_of_a_key_quarantined(spark, tmp_path, reliability):
     lines = [HEADER, "1,ann,10.5,a,ABC", "1,ann,10.5,a,ABC", "1,ann,99.0,a,ABC", "2,bob,11.0,b,DEF"]
-    report, clean, _, lost, duplicated = ingest_and_account(spark, tmp_path, lines, reliability,
-                                                            "exact and key duplicates")
+    report, clean, quarantine, lost, duplicated = ingest_and_account(spark, tmp_path, lines, reliability,
+                                                                     "exact and key duplicates")
     assert (lost, duplicated) == (0, 0)
-    assert report.duplicates_removed == 1
-    assert sorted(r["id"] for r in clean.collect()) == [1, 2]
+    assert (report.duplicates_removed, report.conflicts) == (1, 2)
+    assert sorted(r["id"] for r in clean.collect()) == [2]
+    assert sorted((r["raw"], tuple(r["rules"])) for r in quarantine.collect()) == [
+        ("1,ann,10.5,a,ABC", ("key_conflict",)), ("1,ann,99.0,a,ABC", ("key_conflict",))]
 
 
 def test_out_of_range_and_non_finite_numbers_are_quarantined(spark, tmp_path, reliability):

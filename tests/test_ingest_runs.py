@@ -206,3 +206,24 @@ def test_a_join_that_multiplies_rows_fails_the_accounting_and_writes_nothing(spa
         ingest(spark, config, "inflated")
     reliability.record("a join that multiplies rows", "accounting mismatch, nothing written", 0, 0)
     assert not delta_io.table_exists(spark, Lake.at(config.lake.root).table("toy", "clean"))
+
+
+def test_blank_and_repeated_header_lines_have_a_fate_of_their_own(spark, tmp_path, reliability):
+    text = "\n".join([HEADER, "1,c1,10.0,2,DE,AB1,1", "", HEADER, "2,c2,20.5,1,FR,CD2,1"]) + "\n"
+    (tmp_path / "orders.csv").write_text(text, encoding="utf-8")
+    config = toy_config(tmp_path, tmp_path / "orders.csv", tmp_path / "lake")
+    report = ingest(spark, config, "blank-and-header")
+    reliability.record("a blank line and a repeated header line", "counted apart, not quarantined", 0,
+                       duplicated_keys(spark, config))
+    assert (report.rows_read, report.blank_lines, report.header_lines, report.clean_rows) == (2, 1, 1, 2)
+    assert table(spark, config, "quarantine").count() == 0
+
+
+def test_a_quoted_newline_is_part_of_one_record_and_its_raw_text_is_kept(spark, tmp_path, reliability):
+    text = HEADER + '\n1,c1,10.0,2,DE,AB1,1\n7,"c\n3",8.0,1,FR,bad,1\n'
+    (tmp_path / "orders.csv").write_text(text, encoding="utf-8")
+    config = toy_config(tmp_path, tmp_path / "orders.csv", tmp_path / "lake")
+    report = ingest(spark, config, "quoted-newline")
+    reliability.record("a quoted field holding a newline (RFC 4180)", "one record", 0, duplicated_keys(spark, config))
+    assert (report.rows_read, report.clean_rows, report.quarantined) == (2, 1, 1)
+    assert quarantined(spark, config) == [('7,"c\n3",8.0,1,FR,bad,1', ["pattern:code"])]

@@ -48,6 +48,7 @@ from pyspark.sql import functions as F
 from shardlake import delta_io, layout
 from shardlake.config import DatasetSpec, JoinSpec
 from shardlake.lake import Lake
+from shardlake.reading import read_parsed
 from shardlake.stages import ingest_write as W
 from shardlake.stages.ingest_write import QUARANTINE_SCHEMA, RUNS_SCHEMA, table_constraints  # noqa: F401
 from shardlake.transforms import clean as C
@@ -56,28 +57,6 @@ from shardlake.transforms.stats import (FeatureStats, fill_aggregates, fill_valu
                                         is_training, training_rows)
 
 log = logging.getLogger(__name__)
-
-# TEMPORARY until shardlake.reading lands: the old line reader, every row a record.
-if not hasattr(P, "RECORD_KIND"):
-    P.RECORD_KIND, P.RECORD, P.BLANK, P.HEADER = "_record_kind", "record", "blank", "header"
-
-
-def read_parsed(spark, source, columns, staging, base_dir, allow_evolution):
-    from functools import reduce
-    from shardlake import sources
-    files = sources.materialise(sources.resolve_files(source.path, base_dir), source.compression, staging)
-    groups = sources.layout(files, source.format, columns, source.delimiter, source.header, source.encoding,
-                            allow_evolution) or [sources.SourceGroup(tuple(n for n, _ in columns), ())]
-    parts = []
-    for g in groups:
-        raw = sources.read_raw_records(spark, g.files, source.format, source.header, source.encoding)
-        declared = [n for n, _ in columns]
-        fields = P.split_fields(raw, list(g.names), source.format, source.delimiter, keep=declared)
-        typed = P.cast_columns(fields, columns, source.null_values, trim=source.format != "csv")
-        parts.append(typed.withColumn(P.RECORD_KIND, F.lit(P.RECORD)).select(
-            *P.RAW_COLUMNS, P.RECORD_KIND, *declared, P.PARSE_ERRORS))
-    return reduce(DataFrame.unionByName, parts)
-
 
 class IngestError(RuntimeError):
     """The ingest refused to write: bad rows in fail_fast mode, a join source that is not unique,
