@@ -219,10 +219,6 @@ def test_two_concurrent_ingests_leave_no_duplicates(spark, tmp_path, reliability
     assertDataFrameEqual(actual, expected)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: delta_io.ensure_table -> DeltaTable.createIfNotExists fails with AnalysisException "
-    "[DELTA_TABLE_NOT_FOUND] while another writer is creating the same table (its _delta_log exists, "
-    "version 0 not yet), and retry_on_conflict does not retry it: the second of two first ingests fails"))
 def test_two_first_ingests_creating_the_tables_at_once_both_finish(spark, tmp_path, reliability):
     sample, _ = write_sample(tmp_path / "data", every=50)
     lake = Lake.at(tmp_path / "lake")

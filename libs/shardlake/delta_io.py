@@ -106,6 +106,23 @@ def _sync_constraints(spark: SparkSession, path: str, wanted: Mapping[str, str])
             spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {name} CHECK ({expression})")
 
 
+class TableBeingCreated(RuntimeError):
+    """Another writer is creating this table right now (its log exists, its first commit not yet)."""
+
+
+@contextmanager
+def _creation_race(path: str) -> Iterator[None]:
+    """Turn Delta's "table not found" while another writer creates the table into a retriable conflict."""
+    from pyspark.errors import AnalysisException
+
+    try:
+        yield
+    except AnalysisException as err:
+        if (err.getErrorClass() or "") == "DELTA_TABLE_NOT_FOUND":
+            raise TableBeingCreated(f"{path}: another writer is creating this table") from err
+        raise
+
+
 def ensure_table(
     spark: SparkSession,
     path: str,
@@ -120,8 +137,15 @@ def ensure_table(
     Returns True if it was created.
     An existing table must match ``schema`` (see ``check_schema``); allowed new columns are added
     (one commit) and, when ``constraints`` is given, its constraints are brought in line with it
-    (commits only for changes; adding one validates the rows already there).
+    (commits only for changes; adding one validates the rows already there). While another
+    writer is creating the same table this raises ``TableBeingCreated``, which
+    ``retry_on_conflict`` retries like any commit conflict.
     """
+    with _creation_race(path):
+        return _ensure_table(spark, path, schema, partition_by, constraints, allow_evolution, properties)
+
+
+def _ensure_table(spark, path, schema, partition_by, constraints, allow_evolution, properties) -> bool:
     if table_exists(spark, path):
         added = check_schema(spark, path, schema, allow_evolution)
         if added:
@@ -231,7 +255,7 @@ def _conflict_types() -> tuple[type[BaseException], ...]:
 
     return (X.DeltaConcurrentModificationException, X.ConcurrentWriteException, X.MetadataChangedException,
             X.ProtocolChangedException, X.ConcurrentAppendException, X.ConcurrentDeleteReadException,
-            X.ConcurrentDeleteDeleteException, X.ConcurrentTransactionException)
+            X.ConcurrentDeleteDeleteException, X.ConcurrentTransactionException, TableBeingCreated)
 
 
 def retry_on_conflict(action, path: str, attempts: int = 4, pause_s: float = 2.0):
