@@ -20,6 +20,7 @@ setup(
             "shardlake-pipeline=jobs.pipeline:main",
             "shardlake-promote=jobs.promote:main",
             "shardlake-generate=jobs.generate:main",
+            "shardlake-submit=jobs.submit:main",
         ]
     },
 )
