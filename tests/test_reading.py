@@ -185,7 +185,7 @@ def test_multi_line_records_across_blocks_are_stitched_in_file_order(spark, tmp_
 
 def test_without_multiline_every_line_is_a_record(spark, tmp_path):
     path, uri = write(tmp_path, 'id,name\n1,"ann\nsmith"\n')
-    actual = reading.csv_records(spark, [Path(path)], "UTF-8", ",", header=True, multiline=False)
+    actual = reading.read_records(spark, SourceSpec(format="csv", path=path, multiline=False), [Path(path)])
     assertDataFrameEqual(actual, spark.createDataFrame([('1,"ann', uri, "record"), ('smith"', uri, "record")],
                                                        "_raw string, _source_file string, _record_kind string"))
 

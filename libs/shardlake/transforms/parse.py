@@ -219,17 +219,22 @@ def split_fields(raw: DataFrame, names: Sequence[str], fmt: str, delimiter: str 
         malformed = ~F.ltrim(F.col("_raw")).startswith("{") | parsed.isNull()
     else:
         raise ValueError(f"unsupported format {fmt!r}")
-    errors = error_list({MALFORMED: malformed, ENCODING: _undecodable(F.col("_raw"))})
     carried = _carried(raw)
-    if RECORD_KIND in carried:
-        is_record = F.col(RECORD_KIND) == F.lit(RECORD)
-        parsed = F.when(is_record, parsed)
-        errors = F.when(is_record, errors).otherwise(F.array().cast("array<string>"))
+    # The parse and the checks run once per row, unconditionally, in their own projection: put
+    # under a CASE (as masking by kind, or the error list, would), Spark's common-subexpression
+    # elimination no longer shares the parser between the fields and the checks, and each row
+    # is parsed once more per reference.
+    checked = raw.select(*carried, parsed.alias("_fields"), malformed.alias("_malformed"),
+                         _undecodable(F.col("_raw")).alias("_undecodable"))
+    errors = error_list({MALFORMED: F.col("_malformed"), ENCODING: F.col("_undecodable")})
     known = set(names)
-    fields = [F.col("_fields").getField(n).alias(n) if n in known else F.lit(None).cast("string").alias(n)
-              for n in keep]
-    return (raw.select(*carried, parsed.alias("_fields"), errors.alias(PARSE_ERRORS))
-            .select(*carried, *fields, PARSE_ERRORS))
+    fields = {n: F.col("_fields").getField(n) if n in known else F.lit(None).cast("string") for n in keep}
+    if RECORD_KIND in carried:
+        # Blank and header lines are rows too, with no values and nothing wrong.
+        is_record = F.col(RECORD_KIND) == F.lit(RECORD)
+        fields = {n: F.when(is_record, value) for n, value in fields.items()}
+        errors = F.when(is_record, errors).otherwise(F.array().cast("array<string>"))
+    return checked.select(*carried, *[value.alias(n) for n, value in fields.items()], errors.alias(PARSE_ERRORS))
 
 
 def cast_columns(df: DataFrame, columns: Sequence[tuple[str, str]], null_values: Sequence[str],
