@@ -14,12 +14,16 @@ How CSV text becomes records, and why this way:
   first finds, per file, whether any line ends inside an open quote (and counts the lines equal
   to the file's header). Files without such a line are read split by lines, in parallel: there
   every line is a record. Files with one are read in order and their lines stitched into
-  records (``parse.stitch_records``): one task per such file. ``source.multiline: false``
+  records (``parse.stitch_records``): one task per such file. A quote that is still open at
+  the end of the file never closed, so it holds no newline: the line that opened it is one
+  malformed record, and the lines after it are records again. ``source.multiline: false``
   skips the quote check: every line is then a record, and one that ends inside a quote is
   malformed.
 - The text read keeps each record's exact text (``_raw``), bytes as they arrived, decoded from
   the declared encoding: a rejected row shows the record as it was, a multi-line record with
-  its newlines (LF, or CRLF as in the file). Nothing is reconstructed from parsed values.
+  its newlines (LF, or CRLF as in the file). Nothing is reconstructed from parsed values. Only
+  the final line ending is not part of ``_raw``, nor a UTF-8 byte-order mark at the very start
+  of a file (the text source drops it).
 - The first line of each file with ``header: true`` is its header, not a row. Lines are read
   without their position in the file where they are read in parallel, so the lines equal to the
   header are set aside there, and all but the first come back as ``header`` rows (the count is
