@@ -1,4 +1,4 @@
-"""Parsing with a declared schema: lines to records, every record kept with its raw text and the reason it did not parse."""
+"""Parsing with a declared schema: lines to records, each kept with its raw text and why it did not parse."""
 from __future__ import annotations
 
 import pytest

@@ -83,8 +83,12 @@ def read_parsed(spark: SparkSession, source: SourceSpec, columns: list[tuple[str
                   [parse(read_records(spark, source, group.files), source, columns, group.names) for group in groups])
 
 
-def parse(records: DataFrame, source: SourceSpec, columns: Sequence[tuple[str, str]], names: Sequence[str]) -> DataFrame:
-    """Records (``_raw``, ``_source_file``, ``_record_kind``) to declared, typed columns; ``names``: the records' fields."""
+def parse(records: DataFrame, source: SourceSpec, columns: Sequence[tuple[str, str]],
+          names: Sequence[str]) -> DataFrame:
+    """Records (``_raw``, ``_source_file``, ``_record_kind``) to declared, typed columns.
+
+    ``names`` are the records' own fields, in file order (a CSV header's).
+    """
     declared = [name for name, _ in columns]
     fields = P.split_fields(records, list(names), source.format, source.delimiter, keep=declared)
     # The CSV parser already drops spaces around unquoted values (see split_fields).

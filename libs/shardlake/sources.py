@@ -26,13 +26,10 @@ from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from shardlake.transforms.parse import LINE, LINE_BLOCK, LINE_NO
 
 UTF8 = ("utf-8", "utf8")
-# A separator that never occurs in text, so the CSV reader hands over whole lines (see _read_lines).
-_LINE_SEP = "\u0001\u0002\u0003"
 
 
 class SourceError(ValueError):
@@ -258,20 +255,6 @@ def layout(files: list[Path], fmt: str, columns: Sequence[tuple[str, str]], deli
     return [SourceGroup(tuple(names), tuple(files))]
 
 
-def _read_lines(spark: SparkSession, uris: list[str], encoding: str) -> DataFrame:
-    """Text lines of the files as ``value``, decoded from ``encoding``.
-
-    Spark's text source only decodes UTF-8; for other encodings the CSV source (which decodes
-    any charset) is told to use a separator and quote that never occur, so each line is one field.
-    """
-    if encoding.lower() in UTF8:
-        return spark.read.text(uris)
-    return (spark.read.schema("value STRING").option("encoding", encoding).option("sep", _LINE_SEP)
-            .option("quote", "").option("escape", "").option("header", "false")
-            .option("ignoreLeadingWhiteSpace", "false").option("ignoreTrailingWhiteSpace", "false")
-            .csv(uris))
-
-
 def spark_path(path: Path) -> str:
     """The path as Spark's readers take it: ``file://`` and the absolute path, glob characters escaped.
 
@@ -305,30 +288,3 @@ def read_lines(spark: SparkSession, files: Sequence[Path], encoding: str = "UTF-
     where = ([F.col("_metadata.file_block_start").alias(LINE_BLOCK), F.monotonically_increasing_id().alias(LINE_NO)]
              if ordered else [])
     return text.select(F.input_file_name().alias("_source_file"), line.alias(LINE), *where)
-
-
-def read_raw_records(spark: SparkSession, files: Sequence[Path], fmt: str, header: bool,
-                     encoding: str = "UTF-8") -> DataFrame:
-    """Raw records as (_raw string, _source_file string): one per line, or one JSON per Parquet row.
-
-    The reader of ingest before ``shardlake.reading``: blank lines and lines equal to the header
-    are dropped, and a quoted newline splits a record. Kept until ingest reads through
-    ``reading.read_parsed``.
-    """
-    present = [f for f in files if f.stat().st_size > 0]
-    uris = [f.resolve().as_uri() for f in present]
-    schema = T.StructType([T.StructField("_raw", T.StringType()), T.StructField("_source_file", T.StringType())])
-    if not uris:
-        return spark.createDataFrame([], schema)
-    if fmt == "parquet":
-        df = spark.read.parquet(*uris)
-        return df.select(F.to_json(F.struct(*df.columns)).alias("_raw"), F.input_file_name().alias("_source_file"))
-    lines = _read_lines(spark, uris, encoding).select(F.col("value").alias("_raw"),
-                                                      F.input_file_name().alias("_source_file"))
-    if fmt == "csv" and header:
-        # The first line of each file is its header; the text source does not expose line
-        # numbers, so drop the lines equal to that file's header text.
-        headers = {f.resolve().as_uri(): _first_line(f, encoding) for f in present}
-        header_map = F.create_map(*[x for uri, h in headers.items() for x in (F.lit(uri), F.lit(h))])
-        lines = lines.where(F.col("_raw") != F.coalesce(header_map[F.col("_source_file")], F.lit("\u0000")))
-    return lines.where(F.length(F.trim(F.col("_raw"))) > 0)
