@@ -29,6 +29,11 @@ class SchemaChangeError(ValueError):
     """Incoming data whose schema differs from the table's, with evolution not allowed."""
 
 
+def sql_string(value: str) -> str:
+    """A Spark SQL string literal (backslashes and quotes escaped), for values spliced into SQL text."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def table_exists(spark: SparkSession, path: str) -> bool:
     return DeltaTable.isDeltaTable(spark, path)
 

@@ -106,13 +106,8 @@ def relaid(table: DataFrame, spec: DatasetSpec) -> DataFrame:
     return _placed(table.drop(C.SHARD, C.SPLIT), spec).select(*table.columns)
 
 
-def _sql_string(value: str) -> str:
-    """A Spark SQL string literal (backslashes and quotes escaped)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def _sql_properties(properties: Mapping[str, str]) -> str:
-    return ", ".join(f"{_sql_string(k)} = {_sql_string(v)}" for k, v in properties.items())
+    return ", ".join(f"{delta_io.sql_string(k)} = {delta_io.sql_string(v)}" for k, v in properties.items())
 
 
 class RebuildError(RuntimeError):

@@ -207,10 +207,6 @@ def summary_frame(spark: SparkSession, report: InferReport) -> DataFrame:
     return spark.createDataFrame(rows, SUMMARY_SCHEMA)
 
 
-def _sql_string(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def _write_summary(spark: SparkSession, path: str, report: InferReport) -> None:
     """Replace this run's summary rows (model version, source version, logical date) in one commit.
 
@@ -221,8 +217,9 @@ def _write_summary(spark: SparkSession, path: str, report: InferReport) -> None:
         frame.write.format("delta").mode("append").save(path)  # creates the table: one commit
         return
     _add_summary_columns(spark, path)
-    run = (f"model_version = {_sql_string(report.model_version)} AND source_version = {int(report.source_version)} "
-           f"AND logical_date = DATE {_sql_string(report.logical_date)}")
+    run = (f"model_version = {delta_io.sql_string(report.model_version)} "
+           f"AND source_version = {int(report.source_version)} "
+           f"AND logical_date = DATE {delta_io.sql_string(report.logical_date)}")
     frame.write.format("delta").mode("overwrite").option("replaceWhere", run).save(path)
 
 

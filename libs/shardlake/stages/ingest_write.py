@@ -49,11 +49,6 @@ class Written:
     updated: int = 0
 
 
-def _sql_string(value: str) -> str:
-    """A Spark SQL string literal (backslashes and quotes escaped)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def table_constraints(spec: DatasetSpec) -> dict[str, str]:
     """Delta CHECK constraints of the clean table: the declared rules as table invariants.
 
@@ -72,9 +67,10 @@ def table_constraints(spec: DatasetSpec) -> dict[str, str]:
         if parts:
             checks[f"range_{column}"] = f"{column} IS NULL OR ({' AND '.join(parts)})"
     for column, values in rules.allowed.items():
-        checks[f"allowed_{column}"] = f"{column} IS NULL OR {column} IN ({', '.join(_sql_string(v) for v in values)})"
+        listed = ", ".join(delta_io.sql_string(v) for v in values)
+        checks[f"allowed_{column}"] = f"{column} IS NULL OR {column} IN ({listed})"
     for column, pattern in rules.patterns.items():
-        checks[f"pattern_{column}"] = f"{column} IS NULL OR {column} RLIKE {_sql_string(pattern)}"
+        checks[f"pattern_{column}"] = f"{column} IS NULL OR {column} RLIKE {delta_io.sql_string(pattern)}"
     for column in rules.finite:
         checks[f"finite_{column}"] = (f"{column} IS NULL OR (NOT isnan({column}) "
                                       f"AND abs({column}) < double('Infinity'))")
