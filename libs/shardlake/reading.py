@@ -47,6 +47,7 @@ from pyspark.sql import types as T
 from shardlake import sources
 from shardlake.config import SourceSpec
 from shardlake.transforms import parse as P
+from shardlake.transforms.parse_csv import parse_typed
 
 RECORDS_SCHEMA = T.StructType([T.StructField("_raw", T.StringType()), T.StructField("_source_file", T.StringType()),
                                T.StructField(P.RECORD_KIND, T.StringType())])
@@ -89,10 +90,11 @@ def parse(records: DataFrame, source: SourceSpec, columns: Sequence[tuple[str, s
 
     ``names`` are the records' own fields, in file order (a CSV header's).
     """
+    if source.format == "csv":
+        return parse_typed(records, list(names), columns, source.delimiter, source.null_values)
     declared = [name for name, _ in columns]
     fields = P.split_fields(records, list(names), source.format, source.delimiter, keep=declared)
-    # The CSV parser already drops spaces around unquoted values (see split_fields).
-    return P.cast_columns(fields, columns, source.null_values, trim=source.format != "csv")
+    return P.cast_columns(fields, columns, source.null_values)
 
 
 def read_records(spark: SparkSession, source: SourceSpec, files: Sequence[Path]) -> DataFrame:

@@ -189,7 +189,7 @@ def _carried(df: DataFrame) -> list[str]:
 
 
 def split_fields(raw: DataFrame, names: Sequence[str], fmt: str, delimiter: str = ",",
-                 keep: Sequence[str] | None = None) -> DataFrame:
+                 keep: Sequence[str] | None = None, carry: Sequence[str] = ()) -> DataFrame:
     """Split raw records into string columns; structural errors go to ``_parse_errors``.
 
     ``names`` are the fields of the records as they arrive (a CSV file's header order); ``keep``
@@ -200,7 +200,8 @@ def split_fields(raw: DataFrame, names: Sequence[str], fmt: str, delimiter: str 
     valid UTF-8 (or U+FFFD) is ``encoding``. Quoting follows RFC 4180 (a quote inside a quoted
     field is doubled; a quoted field may hold the delimiter and newlines); spaces around an
     unquoted CSV value are not part of it. When ``raw`` has ``_record_kind``, it is kept, and
-    rows that are not records (blank or header lines) get null fields and no errors.
+    rows that are not records (blank or header lines) get null fields and no errors. ``carry``
+    names further columns passed through as they are.
     """
     keep = list(names if keep is None else keep)
     if fmt == "csv":
@@ -219,7 +220,7 @@ def split_fields(raw: DataFrame, names: Sequence[str], fmt: str, delimiter: str 
         malformed = ~F.ltrim(F.col("_raw")).startswith("{") | parsed.isNull()
     else:
         raise ValueError(f"unsupported format {fmt!r}")
-    carried = _carried(raw)
+    carried = [*_carried(raw), *carry]
     # The parse and the checks run once per row, unconditionally, in their own projection: put
     # under a CASE (as masking by kind, or the error list, would), Spark's common-subexpression
     # elimination no longer shares the parser between the fields and the checks, and each row
@@ -237,8 +238,13 @@ def split_fields(raw: DataFrame, names: Sequence[str], fmt: str, delimiter: str 
     return checked.select(*carried, *[value.alias(n) for n, value in fields.items()], errors.alias(PARSE_ERRORS))
 
 
+def null_texts(null_values: Sequence[str]) -> list[str]:
+    """The texts that mean "missing": the declared null values and the empty string."""
+    return list(dict.fromkeys(["", *[v for v in null_values if v is not None]]))
+
+
 def cast_columns(df: DataFrame, columns: Sequence[tuple[str, str]], null_values: Sequence[str],
-                 trim: bool = True) -> DataFrame:
+                 trim: bool = True, carry: Sequence[str] = ()) -> DataFrame:
     """Cast string columns to declared types; a present value that does not convert adds ``type:<col>``.
 
     Values listed in ``null_values`` (e.g. NA) and empty strings are missing, not errors.
@@ -246,10 +252,10 @@ def cast_columns(df: DataFrame, columns: Sequence[tuple[str, str]], null_values:
     would silently truncate it to 12. Non-finite numbers (NaN, Infinity) convert and are left
     to the ``finite`` rule. Surrounding spaces are ignored (``trim=False`` when the parser
     already dropped them, as the CSV parser does: trimming is a visible share of the cost).
-    ``_record_kind``, where present, is kept.
+    ``_record_kind``, where present, and the ``carry`` columns are kept.
     """
-    nulls = list(dict.fromkeys(["", *[v for v in null_values if v is not None]]))
-    carried = _carried(df)
+    nulls = null_texts(null_values)
+    carried = [*_carried(df), *carry]
 
     def present(name: str) -> Column:
         value = F.trim(F.col(name)) if trim else F.col(name)
