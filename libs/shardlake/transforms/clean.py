@@ -166,23 +166,29 @@ def mark_duplicates(df: DataFrame, key: Sequence[str], order_by: str | None = No
     ``keep_one``, which keeps the smallest content hash and supersedes the others, the same rule
     ``keys.incoming_wins`` applies against the table. Invalid rows keep ``invalid``.
 
-    The windows are partitioned by (key hash, split, shard, validity, key): all but validity are
-    functions of the key, so this groups exactly by key, and the one hash exchange on
-    (shard, key) satisfies them (a single shuffle).
+    All of it is one window specification, so the rows are sorted once: partitioned by (key
+    hash, shard, validity, key), where all but validity are functions of the key, so this groups
+    exactly by key, and the one hash exchange on (shard, key) satisfies it (a single shuffle);
+    ordered newest first (``order_by`` descending, nulls last), then by content hash and
+    content, so the newest rows lead and equal contents are adjacent. The newest value is the
+    first row's; several contents at the newest show as a smallest and a largest hash that
+    differ.
     """
     content_cols = data_columns(df)
     # The key hash leads the partitioning: it does not change the groups (it is a function of the
-    # key), but sorting on a 64-bit number first is much cheaper than on split/shard strings and ints.
-    group = Window.partitionBy(F.col("_key_hash"), F.col(SPLIT), F.col(SHARD), F.col("_valid"),
-                               *[F.col(k) for k in key])
-    newest = F.col(order_by).eqNullSafe(F.max(order_by).over(group)) if order_by else F.lit(True)
-    ordered = group.orderBy(F.col("_newest").desc(), F.col("_content_hash"), F.col("_content"))
-    contents_at_newest = F.size(F.collect_set(F.when(F.col("_newest"), F.col("_content_hash"))).over(group))
+    # key), but sorting on a 64-bit number first is much cheaper than on shard ints and key strings.
+    group = Window.partitionBy(F.col("_key_hash"), F.col(SHARD), F.col("_valid"), *[F.col(k) for k in key])
+    newest_first = [F.col(order_by).desc_nulls_last()] if order_by else []
+    ordered = group.orderBy(*newest_first, F.col("_content_hash"), F.col("_content"))
+    whole = ordered.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    newest = F.col(order_by).eqNullSafe(F.first(order_by).over(whole)) if order_by else F.lit(True)
+    at_newest = F.when(F.col("_newest"), F.col("_content_hash"))
+    several_at_newest = F.min(at_newest).over(whole) != F.max(at_newest).over(whole)
     previous = F.lag(F.col("_content")).over(ordered)
     fate = (F.when(~F.col("_valid"), F.lit(INVALID))
             .when(F.col("_content").eqNullSafe(previous), F.lit(DUPLICATE))
             .when(~F.col("_newest"), F.lit(SUPERSEDED))
-            .when((contents_at_newest > 1) & F.lit(on_conflict != "keep_one"), F.lit(CONFLICT))
+            .when(several_at_newest & F.lit(on_conflict != "keep_one"), F.lit(CONFLICT))
             .when(F.row_number().over(ordered) == 1, F.lit(CLEAN))
             .otherwise(F.lit(SUPERSEDED)))
     # The explicit exchange comes before the comparison columns are built, so they are computed
