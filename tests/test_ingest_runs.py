@@ -227,3 +227,17 @@ def test_a_quoted_newline_is_part_of_one_record_and_its_raw_text_is_kept(spark, 
     reliability.record("a quoted field holding a newline (RFC 4180)", "one record", 0, duplicated_keys(spark, config))
     assert (report.rows_read, report.clean_rows, report.quarantined) == (2, 1, 1)
     assert quarantined(spark, config) == [('7,"c\n3",8.0,1,FR,bad,1', ["pattern:code"])]
+
+
+def test_a_clustered_merge_reads_only_the_batch_range_and_still_finds_every_key(spark, tmp_path, reliability):
+    first = ["1,c1,10.0,2,DE,AB1,1", "2,c2,20.5,1,FR,CD2,1", "3,c1,30.0,3,DE,EF3,1", "40,c1,4.0,1,DE,GH4,1"]
+    second = ["3,c1,31.0,3,DE,EF3,2", "2,c2,19.0,1,FR,CD2,0", "20,c2,5.0,1,FR,IJ5,1"]
+    configs = [toy_config(tmp_path / str(i), write_csv(tmp_path / str(i) / "o.csv", HEADER, lines), tmp_path / "lake",
+                          "dataset.cluster_by=[order_id]") for i, lines in enumerate([first, second])]
+    ingest(spark, configs[0], "first")
+    report = ingest(spark, configs[1], "second")
+    expected = spark.createDataFrame([(1, 10.0), (2, 20.5), (3, 31.0), (20, 5.0), (40, 4.0)], "order_id int, amount double")
+    reliability.record("a MERGE pruned to the batch's key range (cluster_by)",
+                       "the newer row updates, the older is quarantined, a new key is inserted", 0, 0)
+    assertDataFrameEqual(table(spark, configs[1], "clean").select("order_id", "amount"), expected)
+    assert (report.rows_inserted, report.rows_updated, report.superseded) == (1, 1, 1)

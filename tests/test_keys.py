@@ -56,3 +56,15 @@ def test_incoming_wins_is_the_merge_condition_of_the_same_rule():
     assert K.incoming_wins("updated", "quarantine") == (
         "((s.`updated` > t.`updated` OR (t.`updated` IS NULL AND s.`updated` IS NOT NULL)) "
         "OR (s.`updated` <=> t.`updated` AND false))")
+
+
+def test_within_keeps_only_rows_inside_every_range(spark):
+    rows = spark.createDataFrame([(1, 5), (2, 7), (3, 9), (4, 5)], "day int, month int")
+    kept = rows.where(K.within({"day": (2, 4), "month": (5, 7)}))
+    assertDataFrameEqual(kept, spark.createDataFrame([(2, 7), (4, 5)], "day int, month int"))
+
+
+def test_within_a_batch_without_rows_matches_nothing_and_no_ranges_prune_nothing(spark):
+    rows = spark.createDataFrame([(1,)], "day int")
+    assert rows.where(K.within({"day": (None, None)})).count() == 0
+    assert K.within({}) is None

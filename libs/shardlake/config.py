@@ -144,6 +144,10 @@ class DatasetSpec(_Strict):
         "quarantine = quarantine them all as key_conflict (the table's row stays); keep_one = keep the one "
         "with the smallest content hash, in a batch and against the table alike; replace = a later run's "
         "row replaces the table's (conflicts inside one batch are still quarantined)"))
+    cluster_by: list[str] = Field(default_factory=list, description=(
+        "key columns that order the table's data within its partitions (the event date, say): a batch's "
+        "MERGE and its check against the table read only the files whose min/max of these columns overlap "
+        "the batch's, so a nightly load costs the batch, not the table; OPTIMIZE clusters by them (ZORDER)"))
     joins: list[JoinSpec] = Field(default_factory=list)
     derived: dict[str, str] = Field(default_factory=dict, description="name -> Spark SQL expression")
     rules: RulesSpec = Field(default_factory=RulesSpec)
@@ -185,6 +189,12 @@ class DatasetSpec(_Strict):
             missing = [n for n in names if n not in pool]
             if missing:
                 raise ValueError(f"{where} names unknown column(s) {missing}; known: {sorted(pool)}")
+        outside = [c for c in self.cluster_by if c not in self.key]
+        if outside:
+            # Pruning by a batch's range is exact only for columns the key fixes: a row of the same
+            # key in the table then has its values inside the batch's range.
+            raise ValueError(f"cluster_by names column(s) {outside} that are not key columns; expected a subset "
+                             f"of the key {self.key}")
         return self
 
     @property

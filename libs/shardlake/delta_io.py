@@ -172,8 +172,8 @@ def _ensure_table(spark, path, schema, partition_by, constraints, allow_evolutio
 
 
 def is_empty(spark: SparkSession, path: str) -> bool:
-    """True when the table's latest snapshot holds no data file."""
-    return DeltaTable.forPath(spark, path).detail().select("numFiles").first()[0] == 0
+    """True when the table's latest snapshot holds no row (from the log's statistics: no job, no scan)."""
+    return row_count(path, latest_version(spark, path)) == 0
 
 
 @contextmanager
@@ -228,13 +228,17 @@ def merge_by_key(
     prune_on: Sequence[str] = (),
     changed_when: str | None = None,
     update: bool = True,
+    target_filter=None,
 ) -> int | None:
     """MERGE ``source`` into the table on ``key``: insert new keys, update changed rows, never duplicate.
 
     ``source`` must be unique on ``key``. ``prune_on`` lists partition columns that are functions
     of the key, added to the condition so Delta touches only the partitions the source hits.
     ``changed_when`` (SQL on t./s.) limits updates to rows whose content differs, so a re-run
-    rewrites nothing. Always a MERGE, even into an empty table: a blind append there would let
+    rewrites nothing. ``target_filter`` (a Column on ``t.``) names the only target rows the
+    source can match, so Delta reads only the files whose statistics can hold them (the
+    condition's join part prunes nothing: Delta skips files by target-only predicates).
+    Always a MERGE, even into an empty table: a blind append there would let
     two concurrent first loads both commit and duplicate every row, while two MERGEs conflict
     and the loser fails with Delta's conflict exception (see ``retry_on_conflict``).
 
@@ -242,7 +246,9 @@ def merge_by_key(
     commit for a MERGE that inserts and updates no row, and "the latest version" would then be
     another writer's commit, which this writer must never check or undo as its own.
     """
-    condition = " AND ".join(f"t.`{c}` <=> s.`{c}`" for c in [*prune_on, *key])
+    condition = F.expr(" AND ".join(f"t.`{c}` <=> s.`{c}`" for c in [*prune_on, *key]))
+    if target_filter is not None:
+        condition = target_filter & condition
     # Without the caller's commit metadata, a marker of this one MERGE's own tells its commit apart.
     marked = nullcontext() if spark.conf.get(USER_METADATA, None) else commit_metadata(spark, {"merge": uuid4().hex})
     with marked:
@@ -321,9 +327,10 @@ def undo_commit(spark: SparkSession, path: str, version: int) -> None:
                     f"inspect DESCRIBE HISTORY delta.`{path}` and revert version {version} by hand")
 
 
-def optimize(spark: SparkSession, path: str) -> int:
-    """Compact small files (OPTIMIZE); returns the version afterwards."""
-    spark.sql(f"OPTIMIZE delta.`{path}`")
+def optimize(spark: SparkSession, path: str, zorder_by: Sequence[str] = ()) -> int:
+    """Compact small files (OPTIMIZE), clustered by ``zorder_by`` when given; returns the version afterwards."""
+    clustered = f" ZORDER BY ({', '.join(f'`{c}`' for c in zorder_by)})" if zorder_by else ""
+    spark.sql(f"OPTIMIZE delta.`{path}`{clustered}")
     return latest_version(spark, path)
 
 

@@ -35,15 +35,18 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from uuid import uuid4
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from shardlake import delta_io, layout
 from shardlake.config import DatasetSpec, JoinSpec
@@ -205,10 +208,11 @@ def shard_skew(counts: dict[int, int]) -> float:
 FATES = (C.CLEAN, C.INVALID, C.DUPLICATE, C.SUPERSEDED, C.CONFLICT)
 
 
-def _accounting(marked: DataFrame, rule_names: list[str], fill_spec: dict) -> dict:
-    """One aggregation for the whole report: rows per fate, rows per broken rule, fill statistics.
+def _accounting(rule_names: list[str], fill_spec: dict, cluster_by: list[str]) -> list:
+    """The aggregates of the whole report: rows per fate, rows per broken rule, fill statistics.
 
-    Fill statistics use the clean rows of the training split only, so nothing is learnt from
+    Observed while the marked rows are staged, so they cost no pass of their own. Fill
+    statistics use the clean rows of the training split only, so nothing is learnt from
     validation or test rows.
     """
     fate = F.col(C.FATE)
@@ -216,11 +220,17 @@ def _accounting(marked: DataFrame, rule_names: list[str], fill_spec: dict) -> di
     aggs += [F.count(F.when(F.array_contains(F.col(C.VIOLATIONS), rule), 1)).alias(f"rule:{rule}")
              for rule in rule_names]
     aggs += fill_aggregates(fill_spec, where=(fate == F.lit(C.CLEAN)) & is_training())
-    return marked.agg(*aggs).first().asDict()
+    clean = fate == F.lit(C.CLEAN)
+    return aggs + [f(F.when(clean, F.col(c))).alias(f"{f.__name__}:{c}") for c in cluster_by for f in (F.min, F.max)]
+
+
+def _ranges(row: dict, cluster_by: list[str]) -> dict[str, tuple[object, object]]:
+    """The clean rows' (min, max) of each ``cluster_by`` column: what a MERGE prunes the table by."""
+    return {c: (row[f"min:{c}"], row[f"max:{c}"]) for c in cluster_by}
 
 
 def _per_file(marked: DataFrame) -> dict[str, dict[str, int]]:
-    """Rows of each source file by fate (a second, small aggregation over the cached rows)."""
+    """Rows of each source file by fate (a small aggregation over two staged columns)."""
     rows = marked.groupBy("_source_file", C.FATE).count().collect()
     files: dict[str, dict[str, int]] = {}
     for row in rows:
@@ -263,11 +273,21 @@ def _check_counts(report: IngestReport) -> None:
             "dropped rows?); nothing was written")
 
 
-def _first_pass(report: IngestReport, marked: DataFrame, spec: DatasetSpec, observation: Observation) -> None:
-    """Fill the report's counts and fill values from one aggregation; fail_fast aborts surface here."""
+def _stage(spark: SparkSession, report: IngestReport, marked: DataFrame, spec: DatasetSpec,
+           observation: Observation, folder: Path) -> tuple[DataFrame, dict[str, tuple[object, object]]]:
+    """Write the marked rows once, as Parquet under ``folder``, and fill the report's counts as they pass.
+
+    The one pass over the data: reading, parsing, joins, rules and the key window run while the
+    rows are written, and observations count them on the way (records as read, fates, rules,
+    fill statistics). Both tables are written from these files afterwards (columnar: each write
+    reads only what it needs), and the accounting is checked before either. fail_fast aborts
+    surface here, before any table exists or changes.
+    """
     fill_spec = {c: (f.strategy, f.value) for c, f in spec.fill.items()}
+    accounting = Observation("accounting")
     try:
-        row = _accounting(marked, all_rule_names(spec), fill_spec)
+        aggregates = _accounting(all_rule_names(spec), fill_spec, spec.cluster_by)
+        marked.observe(accounting, *aggregates).write.parquet(str(folder))
     except Exception as err:  # a Spark job failure carries the fail_fast message in its text
         message = _fail_fast_message(err)
         if message is None:
@@ -275,10 +295,12 @@ def _first_pass(report: IngestReport, marked: DataFrame, spec: DatasetSpec, obse
         raise IngestError(f"{message}; no table was created or changed") from None
     seen = observation.get
     report.rows_read, report.blank_lines, report.header_lines = (int(seen[k]) for k in (P.RECORD, P.BLANK, P.HEADER))
-    _fill_report(report, row, spec, fill_spec)
+    _fill_report(report, accounting.get, spec, fill_spec)
     _set_key_rule_counts(report)
-    report.files = _per_file(marked)
+    staged = spark.read.parquet(str(folder))
+    report.files = _per_file(staged)
     _check_counts(report)
+    return staged, _ranges(accounting.get, spec.cluster_by)
 
 
 def clean_candidates(marked: DataFrame, fill_values: dict) -> DataFrame:
@@ -303,26 +325,28 @@ def _ensure_tables(spark: SparkSession, spec: DatasetSpec, schema, clean_path: s
                                quarantine_path)
 
 
-def _write_tables(spark: SparkSession, spec: DatasetSpec, report: IngestReport, candidates: DataFrame,
-                  rejected: DataFrame, clean_path: str, quarantine_path: str,
-                  progress: Callable[[str], None], stack: ExitStack) -> None:
+def _write_tables(spark: SparkSession, spec: DatasetSpec, report: IngestReport,
+                  rows: tuple[DataFrame, DataFrame, T.StructType], paths: tuple[str, str],
+                  ranges: dict[str, tuple[object, object]], progress: Callable[[str], None], stack: ExitStack) -> None:
     """Clean table, then the quarantine (with the rows that lost against the table); check each commit
-    against what Delta recorded; undo this run's own commits on any failure."""
-    _ensure_tables(spark, spec, candidates.select(*clean_schema(rejected), C.ROW_HASH).schema, clean_path,
-                   quarantine_path)
+    against what Delta recorded; undo this run's own commits on any failure. ``ranges``: the batch's
+    range of each ``cluster_by`` column, the only part of the table its keys can match."""
+    clean_path, quarantine_path = paths
+    candidates, rejected, schema = rows
+    _ensure_tables(spark, spec, schema, clean_path, quarantine_path)
     report.write_mode = "merge into empty table" if delta_io.is_empty(spark, clean_path) else "merge"
     before = {path: delta_io.latest_version(spark, path) for path in (clean_path, quarantine_path)}
     with delta_io.commit_metadata(spark, {"run_id": report.run_id, "fill_values": report.fill_values}):
         try:
             progress(f"writing the clean table ({report.write_mode})")
-            clean, losers = W.write_clean(spark, clean_path, candidates, spec, stack)
+            clean, losers = W.write_clean(spark, clean_path, candidates, spec, stack, report.clean_rows, ranges)
             report.table_version = clean.version
             W.check_commit(spark, clean_path, clean)
             _count_losers(report, losers)
             progress("writing the quarantine table")
             fates = [*P.RAW_COLUMNS, C.VIOLATIONS, C.FATE]
             records = C.quarantine_records(rejected.select(*fates).unionByName(losers.select(*fates)), report.run_id)
-            quarantine = W.write_quarantine(spark, quarantine_path, records, stack)
+            quarantine = W.write_quarantine(spark, quarantine_path, records, stack, report.quarantined)
             report.quarantine_version = quarantine.version
             W.check_commit(spark, quarantine_path, quarantine)
         except BaseException as err:
@@ -356,7 +380,13 @@ def _latest_if_none(spark: SparkSession, path: str, version: int | None) -> int:
 
 
 def _table_statistics(spark: SparkSession, spec: DatasetSpec, report: IngestReport, clean_path: str) -> None:
-    """Rows per shard and skew (from the Delta log), and feature statistics of the version's training split."""
+    """Rows per shard and skew, from the Delta log: no data file is read.
+
+    Feature statistics are not fitted here: they describe a whole version's training split, so
+    fitting them on every nightly load would cost the table, not the batch. Training fits them
+    on the version it trains on (``feature_stats_for``), as one aggregation next to the read it
+    makes anyway, and the model card carries them from there.
+    """
     counts = delta_io.partition_row_counts(spark, clean_path, report.table_version, C.SHARD)
     report.shard_counts = {s: counts.get(str(s), 0) for s in range(spec.shards)}
     report.skew_ratio = round(shard_skew(report.shard_counts), 4)
@@ -364,10 +394,6 @@ def _table_statistics(spark: SparkSession, spec: DatasetSpec, report: IngestRepo
     if report.skew_warning:
         log.warning("%s: shard skew %.3f (max/mean rows per shard) is above %.3f; rows per shard: %s",
                     spec.name, report.skew_ratio, spec.skew_warn_ratio, report.shard_counts)
-    version_df = delta_io.read_version(spark, clean_path, report.table_version)
-    stats = fit_feature_stats(training_rows(version_df), spec.features.numeric, spec.features.categorical,
-                              spec.features.max_categories)
-    report.feature_stats = stats.to_dict()
 
 
 def _read_joins(spark: SparkSession, spec: DatasetSpec, lake: Lake, base_dir: Path, report: IngestReport,
@@ -381,6 +407,13 @@ def _read_joins(spark: SparkSession, spec: DatasetSpec, lake: Lake, base_dir: Pa
         _check_join(join, report.joins[join.name])
         joins.append((join, join_table(parsed, join)))
     return joins
+
+
+def _staging_folder(lake: Lake, run_id: str, stack: ExitStack) -> Path:
+    """A folder of this run's own under the lake's staging area, removed when the run ends (either way)."""
+    folder = lake.staging("ingest", f"{re.sub(r'[^A-Za-z0-9_.-]', '_', run_id)}-{uuid4().hex[:12]}")
+    stack.callback(shutil.rmtree, folder, True)
+    return folder
 
 
 def _check_existing(spark: SparkSession, spec: DatasetSpec, marked: DataFrame, clean_path: str) -> bool:
@@ -429,20 +462,22 @@ def run_ingest(
         marked = C.mark_duplicates(flagged, spec.key, spec.order_by, spec.on_key_conflict)
         has_rows = _check_existing(spark, spec, marked, clean_path)
         # Only rejected rows need their raw text from here on, and clean rows only when they may
-        # still lose against the table's row of their key: not caching it for the others keeps
-        # the cache much smaller.
+        # still lose against the table's row of their key: not staging it for the others keeps
+        # the staged rows much smaller.
         keep_raw = F.lit(True) if has_rows else F.col(C.FATE).isin(*C.REJECTED)
-        marked = stack.enter_context(_cached(marked.withColumn("_raw", F.when(keep_raw, F.col("_raw")))))
+        marked = marked.withColumn("_raw", F.when(keep_raw, F.col("_raw")))
         progress("parsing, checking rules and resolving duplicates")
-        _first_pass(report, marked, spec, observation)
-        rejected = marked.where(F.col(C.FATE).isin(*C.REJECTED))
-        _write_tables(spark, spec, report, clean_candidates(marked, report.fill_values), rejected,
-                      clean_path, quarantine_path, progress, stack)
+        # The table's schema from the plan, not from the staged files (Parquet makes every column nullable).
+        schema = clean_rows(marked, {}).schema
+        staged, ranges = _stage(spark, report, marked, spec, observation, _staging_folder(lake, run_id, stack))
+        rejected = staged.where(F.col(C.FATE).isin(*C.REJECTED))
+        _write_tables(spark, spec, report, (clean_candidates(staged, report.fill_values), rejected, schema),
+                      (clean_path, quarantine_path), ranges, progress, stack)
     if optimize:
         progress("optimizing (compaction)")
-        report.table_version = delta_io.optimize(spark, clean_path)
+        report.table_version = delta_io.optimize(spark, clean_path, spec.cluster_by)
 
-    progress("computing shard skew and feature statistics")
+    progress("computing shard skew")
     _table_statistics(spark, spec, report, clean_path)
     report.seconds = round(time.monotonic() - started, 2)
     W.record_run(spark, lake.table(spec.name, "ingest_runs"), report.to_dict())
@@ -455,13 +490,15 @@ def rebuild_layout(spark: SparkSession, lake: Lake, spec: DatasetSpec) -> int:
 
 
 def feature_stats_for(spark: SparkSession, lake: Lake, spec: DatasetSpec, version: int) -> FeatureStats:
-    """Statistics of one clean-table version: as the ingest recorded them, else fitted now."""
+    """Statistics of one clean-table version's training split: as recorded with the version (ingests
+    before the statistics moved to training recorded them), else fitted now."""
     runs_path = lake.table(spec.name, "ingest_runs")
     if delta_io.table_exists(spark, runs_path):
         row = (delta_io.read_version(spark, runs_path).where(F.col("table_version") == version)
                .orderBy(F.col("run_id").desc()).select("report_json").first())
-        if row is not None:
-            return FeatureStats.from_dict(json.loads(row[0])["feature_stats"])
+        recorded = json.loads(row[0]).get("feature_stats") if row is not None else None
+        if recorded:
+            return FeatureStats.from_dict(recorded)
     version_df = delta_io.read_version(spark, lake.table(spec.name, "clean"), version)
     return fit_feature_stats(training_rows(version_df), spec.features.numeric, spec.features.categorical,
                              spec.features.max_categories)

@@ -104,45 +104,78 @@ def _persisted(stack: ExitStack, df: DataFrame) -> DataFrame:
 
 
 def write_clean(spark: SparkSession, path: str, candidates: DataFrame, spec: DatasetSpec,
-                stack: ExitStack) -> tuple[Written, DataFrame]:
+                stack: ExitStack, expected_rows: int,
+                ranges: Mapping[str, tuple[object, object]] | None = None) -> tuple[Written, DataFrame]:
     """MERGE the clean rows that are new or win against the table's row of their key.
 
     Returns the write and the candidates that lose against the table (``_fate`` superseded or
     conflict, for the quarantine). Each attempt classifies the batch against the table as it is
     then (``keys.against_table``), so a retry after a concurrent writer's commit expects exactly
-    what is left to do; the MERGE's update condition is the same rule, as SQL.
+    what is left to do; the MERGE's update condition is the same rule, as SQL. A table without
+    rows needs no classification (``_first_load``); ``expected_rows`` is the candidates' count.
+    ``ranges`` (the candidates' min/max of each ``cluster_by`` column) prune both the
+    classification's read of the table and the MERGE to the files that can hold the batch's keys.
     """
     table_columns = [c for c in delta_io.read_version(spark, path).columns]
     wins = f"({K.incoming_wins(spec.order_by, spec.on_key_conflict)}) AND t.{C.ROW_HASH} <> s.{C.ROW_HASH}"
     outcome: dict[str, DataFrame] = {}
 
     def attempt() -> Written:
+        version = delta_io.latest_version(spark, path)
+        if delta_io.row_count(path, version) == 0:
+            return _first_load(spark, path, candidates, table_columns, spec, expected_rows, outcome)
         attempt_stack = ExitStack()
-        table = delta_io.read_version(spark, path)
+        table = delta_io.read_version(spark, path, version)
         classified = _persisted(attempt_stack, K.against_table(candidates, table, spec.key, spec.order_by,
-                                                               spec.on_key_conflict))
+                                                               spec.on_key_conflict, ranges))
         try:
             counts = {r[0]: int(r[1]) for r in classified.groupBy(K.AGAINST).count().collect()}
             written = Written(inserted=counts.get(K.NEW, 0), updated=counts.get(K.UPDATE, 0))
             if written.inserted or written.updated:
                 source = classified.where(F.col(K.AGAINST).isin(K.NEW, K.UPDATE)).select(*table_columns)
                 written.version = delta_io.merge_by_key(spark, path, source, spec.key, prune_on=(C.SPLIT, C.SHARD),
-                                                        changed_when=wins)
+                                                        changed_when=wins, target_filter=K.within(ranges or {}, "t"))
         except BaseException:
             attempt_stack.close()
             raise
-        outcome["classified"] = classified
+        outcome["losers"] = classified.where(F.col(K.AGAINST).isin(C.SUPERSEDED, C.CONFLICT))
         stack.enter_context(attempt_stack)
         return written
 
     written = delta_io.retry_on_conflict(attempt, path)
-    losers = outcome["classified"].where(F.col(K.AGAINST).isin(C.SUPERSEDED, C.CONFLICT))
-    return written, losers.withColumn(C.FATE, F.col(K.AGAINST)).drop(K.AGAINST)
+    return written, outcome["losers"].withColumn(C.FATE, F.col(K.AGAINST)).drop(K.AGAINST)
 
 
-def write_quarantine(spark: SparkSession, path: str, records: DataFrame, stack: ExitStack) -> Written:
-    """Insert the quarantine records whose id the table lacks (a re-run's records are already there)."""
+def _first_load(spark: SparkSession, path: str, candidates: DataFrame, table_columns: Sequence[str],
+                spec: DatasetSpec, expected_rows: int, outcome: dict[str, DataFrame]) -> Written:
+    """Into a table without rows every candidate is new: no classification, an insert-only MERGE.
+
+    Still a MERGE, not a blind append: it reads the (empty) table, so a concurrent first load
+    that commits first makes this one fail with Delta's conflict exception, and the retry then
+    classifies against the rows that writer left. Nothing loses against an empty table.
+    """
+    written = Written(inserted=expected_rows)
+    if expected_rows:
+        written.version = delta_io.merge_by_key(spark, path, candidates.select(*table_columns), spec.key,
+                                                prune_on=(C.SPLIT, C.SHARD), update=False)
+    outcome["losers"] = candidates.limit(0).withColumn(K.AGAINST, F.lit(None).cast("string"))
+    return written
+
+
+def write_quarantine(spark: SparkSession, path: str, records: DataFrame, stack: ExitStack,
+                     expected_rows: int) -> Written:
+    """Insert the quarantine records whose id the table lacks (a re-run's records are already there).
+
+    ``expected_rows`` is the records' count: into a quarantine without rows all of them are new,
+    and no anti-join or count is needed (an insert-only MERGE, which still conflicts with a
+    concurrent first write).
+    """
     def attempt() -> Written:
+        if delta_io.row_count(path, delta_io.latest_version(spark, path)) == 0:
+            written = Written(inserted=expected_rows)
+            if expected_rows:
+                written.version = delta_io.merge_by_key(spark, path, records, ["record_id"], update=False)
+            return written
         attempt_stack = ExitStack()
         present = delta_io.read_version(spark, path).select("record_id")
         new = _persisted(attempt_stack, records.join(present, on="record_id", how="left_anti"))

@@ -10,9 +10,11 @@ or in a later run: a strictly newer incoming row replaces the table's; a strictl
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Mapping, Sequence
+from functools import reduce
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from shardlake.transforms.clean import CONFLICT, ROW_HASH, SHARD, SPLIT, SUPERSEDED
@@ -46,16 +48,36 @@ def _incoming_older(order_by: str | None) -> str:
     return f"(s.{o} < t.{o} OR (s.{o} IS NULL AND t.{o} IS NOT NULL))"
 
 
+def within(ranges: Mapping[str, tuple[object, object]], table: str | None = None) -> Column | None:
+    """Rows whose ``ranges`` columns lie inside a batch's (min, max): the only rows its keys can match.
+
+    The columns are key columns (``cluster_by``), so a row of the table with one of the batch's
+    keys has its values inside the batch's range. As a filter on the table (``table``: its alias
+    in a MERGE) it lets Delta skip every file whose min/max statistics fall outside. None when
+    there is nothing to prune by; a batch without rows matches nothing.
+    """
+    if not ranges:
+        return None
+    name = (lambda c: f"{table}.`{c}`") if table else (lambda c: f"`{c}`")
+    parts = [F.col(name(c)).between(F.lit(lo), F.lit(hi)) if lo is not None else F.lit(False)
+             for c, (lo, hi) in ranges.items()]
+    return reduce(operator.and_, parts)
+
+
 def against_table(incoming: DataFrame, table: DataFrame, key: Sequence[str], order_by: str | None,
-                  on_conflict: str) -> DataFrame:
+                  on_conflict: str, ranges: Mapping[str, tuple[object, object]] | None = None) -> DataFrame:
     """``incoming`` clean rows with ``_against_table``: new, same, update, superseded or conflict.
 
     ``table`` is the clean table (one version). Rows whose key the table lacks are ``new``; rows
     identical to the table's (same content hash) are ``same`` and need no write; the others are
     decided by ``incoming_wins``: ``update``, or, losing, ``superseded`` when strictly older and
-    ``conflict`` when nothing orders them.
+    ``conflict`` when nothing orders them. With ``ranges`` (see ``within``) only the table's
+    rows inside the batch's range are read.
     """
     wanted = [*key, ROW_HASH, *([order_by] if order_by else []), SHARD, SPLIT]
+    pruned = within(ranges or {})
+    if pruned is not None:
+        table = table.where(pruned)
     existing = table.select(*dict.fromkeys(wanted)).withColumn("_in_table", F.lit(True))
     on = [F.col(f"s.{c}").eqNullSafe(F.col(f"t.{c}")) for c in [SPLIT, SHARD, *key]]
     joined = incoming.alias("s").join(existing.alias("t"), on=on, how="left")
