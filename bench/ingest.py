@@ -51,7 +51,7 @@ from pyspark.sql import functions as F  # noqa: E402
 
 from jobs import common  # noqa: E402
 from jobs.generate import known_tailnums  # noqa: E402
-from shardlake import synth  # noqa: E402
+from shardlake import delta_io, synth  # noqa: E402
 from shardlake.config import load_config  # noqa: E402
 from shardlake.lake import Lake  # noqa: E402
 from shardlake.stages.ingest import run_ingest  # noqa: E402
@@ -123,14 +123,16 @@ def mib(n: int) -> float:
     return round(n / 2**20, 1)
 
 
-def generate(spark, rows: int, work: Path, seed: int) -> Path:
+def generate(spark, rows: int, work: Path, seed: int, first_day: str = synth.FIRST_DAY, days: int = 365) -> Path:
     """Generated CSV for ``rows`` rows under ``work`` (kept: a marker says what the folder holds)."""
-    folder = work / f"flights-{rows}-{seed}"
+    dated = "" if (first_day, days) == (synth.FIRST_DAY, 365) else f"-{first_day}-{days}d"
+    folder = work / f"flights-{rows}-{seed}{dated}"
     marker = folder / "_GENERATED"
     if not marker.exists():
-        lines = synth.flights_lines(spark, rows, seed, synth.Mess(), known_tailnums(REPO))
+        lines = synth.flights_lines(spark, rows, seed, synth.Mess(), known_tailnums(REPO), first_day=first_day,
+                                    days=days)
         synth.write_csv(lines, folder)
-        marker.write_text(json.dumps({"rows": rows, "seed": seed}))
+        marker.write_text(json.dumps({"rows": rows, "seed": seed, "first_day": first_day, "days": days}))
     return folder
 
 
@@ -196,6 +198,58 @@ def print_results(results: list[Result]) -> None:
     print(f"python driver peak RSS: {mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}M")
 
 
+def _ingest(spark, lake_root: Path, source: Path, run_id: str, overrides: list[str]):
+    config = load_config([REPO / "conf" / "base.yaml"],
+                         [f"lake.root={lake_root}", f"dataset.source.path={source}/*.csv", *overrides])
+    started = time.monotonic()
+    report = run_ingest(spark, Lake.at(lake_root), config.dataset, run_id, REPO)
+    return time.monotonic() - started, report, config
+
+
+def nightly(spark, args) -> dict:
+    """The same nightly batch (new days) MERGEd into tables of each size, and into an empty table.
+
+    The tables hold the generated 2013 flights; the batch holds ``--batch-rows`` flights of the
+    first ``--batch-days`` days of 2014 (new keys, with the same mess). A table is built by the
+    real ingest and compacted with its clustering (OPTIMIZE ZORDER BY ``cluster_by``, as the
+    README's schedule says), then the batch is ingested into it and timed.
+    """
+    work = Path(args.work)
+    batch = generate(spark, args.batch_rows, work, args.seed + 1, "2014-01-01", args.batch_days)
+    result: dict = {"batch_rows": args.batch_rows, "tables": {}}
+    for rows in args.table_rows:
+        lake_root = work / f"nightly-{rows}"
+        shutil.rmtree(lake_root, ignore_errors=True)
+        build_s, _, config = _ingest(spark, lake_root, generate(spark, rows, work, args.seed), f"build-{rows}",
+                                     args.overrides)
+        delta_io.optimize(spark, Lake.at(lake_root).table(config.dataset.name, "clean"), config.dataset.cluster_by)
+        merge_s, report, _ = _ingest(spark, lake_root, batch, f"nightly-{rows}", args.overrides)
+        result["tables"][rows] = {"build_s": round(build_s, 1), "merge_s": round(merge_s, 1),
+                                  "inserted": report.rows_inserted, "updated": report.rows_updated}
+        print(json.dumps({"table_rows": rows, **result["tables"][rows]}), flush=True)
+    small, large = min(args.table_rows), max(args.table_rows)
+    result["merge_ratio"] = round(result["tables"][large]["merge_s"] / result["tables"][small]["merge_s"], 3)
+    config = load_config([REPO / "conf" / "base.yaml"], args.overrides)
+    started = time.monotonic()
+    plain_copy(spark, config, batch, work / "plain-batch")
+    result["batch_copy_s"] = round(time.monotonic() - started, 2)
+    empty_root = work / "nightly-empty"
+    shutil.rmtree(empty_root, ignore_errors=True)
+    empty_s, _, _ = _ingest(spark, empty_root, batch, "nightly-empty", args.overrides)
+    result["batch_into_empty_s"] = round(empty_s, 2)
+    result["empty_ratio"] = round(result["batch_copy_s"] / empty_s, 3)
+    return result
+
+
+def print_nightly(result: dict) -> None:
+    for rows, t in sorted(result["tables"].items()):
+        print(f"batch of {result['batch_rows']:,} new rows into a {rows:,}-row table: {t['merge_s']} s "
+              f"(inserted {t['inserted']:,}, updated {t['updated']:,}; table built in {t['build_s']} s)")
+    print(f"largest / smallest table: {result['merge_ratio']}x (target <= 1.15x: the cost follows the batch)")
+    print(f"batch into an empty table: {result['batch_into_empty_s']} s; plain copy of the batch "
+          f"{result['batch_copy_s']} s: ratio {result['empty_ratio']} (target >= 0.1)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark for each size; print the table and write results.json under --work."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -203,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="/tmp/shardlake-bench", help="generated data, lakes and results")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--warmup-rows", type=int, default=50_000, help="a first, unreported round (JIT warm-up)")
+    p.add_argument("--nightly", action="store_true", help="the nightly-load benchmark instead of the full ingest")
+    p.add_argument("--table-rows", type=int, nargs="+", default=[1_000_000, 4_000_000],
+                   help="--nightly: table sizes (16000000 by hand)")
+    p.add_argument("--batch-rows", type=int, default=100_000, help="--nightly: rows of the nightly batch")
+    p.add_argument("--batch-days", type=int, default=3, help="--nightly: days the batch covers")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (spark.settings...)")
     args = p.parse_args(argv)
     work = Path(args.work)
@@ -211,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     spark, _ = common.start(config)
     if args.warmup_rows:
         measure(spark, args.warmup_rows, work, args.seed, args.overrides)
+    if args.nightly:
+        result = nightly(spark, args)
+        (work / "nightly.json").write_text(json.dumps(result, indent=2))
+        print_nightly(result)
+        return 0
     results = []
     for rows in args.rows:
         results.append(measure(spark, rows, work, args.seed, args.overrides))

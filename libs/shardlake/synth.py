@@ -27,9 +27,9 @@ ORIGINS = ["EWR", "JFK", "LGA"]
 DESTS = [("ATL", 762), ("ORD", 733), ("LAX", 2475), ("BOS", 187), ("MCO", 944), ("CLT", 541), ("SFO", 2586),
          ("FLL", 1069), ("MIA", 1089), ("DCA", 213), ("DTW", 502), ("DFW", 1389), ("RDU", 427), ("TPA", 1005),
          ("DEN", 1626), ("IAH", 1416), ("MSP", 1028), ("PBI", 1035), ("BNA", 764), ("LAS", 2248)]
-# Days of 2013 and (origin, carrier) pairs give every id a distinct flight key: see ``_key_parts``.
+# Days (of 2013 by default) and (origin, carrier) pairs give every id a distinct flight key: see ``_key_parts``.
 _DAYS = 365
-_SLOTS = _DAYS * len(ORIGINS) * len(CARRIERS)
+FIRST_DAY = "2013-01-01"
 
 
 @dataclass(frozen=True)
@@ -60,13 +60,13 @@ def _pick(values: list[str], index: Column) -> Column:
     return F.element_at(F.array(*[F.lit(v) for v in values]), (index % len(values)).cast("int") + 1)
 
 
-def _key_parts(key_id: Column) -> dict[str, Column]:
+def _key_parts(key_id: Column, days: int) -> dict[str, Column]:
     """Day, origin, carrier and flight number: a mixed-radix reading of the id, so keys never collide."""
     return {
-        "_doy": (key_id % _DAYS).cast("int"),
-        "_origin_i": (F.floor(key_id / _DAYS) % len(ORIGINS)).cast("int"),
-        "_carrier_i": (F.floor(key_id / (_DAYS * len(ORIGINS))) % len(CARRIERS)).cast("int"),
-        "flight": (F.floor(key_id / _SLOTS) + 1).cast("int"),
+        "_doy": (key_id % days).cast("int"),
+        "_origin_i": (F.floor(key_id / days) % len(ORIGINS)).cast("int"),
+        "_carrier_i": (F.floor(key_id / (days * len(ORIGINS))) % len(CARRIERS)).cast("int"),
+        "flight": (F.floor(key_id / (days * len(ORIGINS) * len(CARRIERS))) + 1).cast("int"),
     }
 
 
@@ -92,12 +92,13 @@ def _rows(spark: SparkSession, rows: int, seed: int, mess: Mess, partitions: int
     })
 
 
-def _typed_values(df: DataFrame, seed: int, tails: list[str]) -> DataFrame:
+def _typed_values(df: DataFrame, seed: int, tails: list[str], first_day: str = FIRST_DAY,
+                  days: int = _DAYS) -> DataFrame:
     """Clean, plausible flight values from ``_key`` (key columns) and ``_src`` (everything else)."""
     u = {name: _uniform(seed, salt, "_src") for salt, name in enumerate(
         ["delay", "noise", "dest", "tail", "known_tail", "air"], start=10)}
-    df = df.withColumns(_key_parts(F.col("_key")))
-    date = F.date_add(F.lit("2013-01-01").cast("date"), F.col("_doy"))
+    df = df.withColumns(_key_parts(F.col("_key"), days))
+    date = F.date_add(F.lit(first_day).cast("date"), F.col("_doy"))
     # The scheduled time is part of the key, so it comes from the key's id.
     sched_min = (F.lit(5 * 60) + F.floor(_uniform(seed, 2, "_key") * (18 * 60))).cast("int")
     dest_i = F.floor(u["dest"] * len(DESTS)).cast("int")
@@ -106,7 +107,7 @@ def _typed_values(df: DataFrame, seed: int, tails: list[str]) -> DataFrame:
     # A newer row of a key differs from the older one in its delay, so it is no exact duplicate.
     dep_delay = F.when(F.col("_key") != F.col("_src"), dep_delay + 7).otherwise(dep_delay)
     df = df.withColumns({
-        "_date": date, "_sched_min": sched_min, "year": F.lit(2013), "month": F.month(date),
+        "_date": date, "_sched_min": sched_min, "year": F.year(date), "month": F.month(date),
         "day": F.dayofmonth(date), "dep_delay": dep_delay, "distance": distance,
         "air_time": F.floor(distance / 8 + 30 + u["air"] * 20).cast("int"),
         "carrier": _pick(CARRIERS, F.col("_carrier_i")), "origin": _pick(ORIGINS, F.col("_origin_i")),
@@ -155,14 +156,17 @@ def _messy_text(seed: int, mess: Mess) -> dict[str, Column]:
 
 
 def flights_lines(spark: SparkSession, rows: int, seed: int = 13, mess: Mess = Mess(),
-                  tailnums: list[str] | None = None, partitions: int | None = None) -> DataFrame:
+                  tailnums: list[str] | None = None, partitions: int | None = None,
+                  first_day: str = FIRST_DAY, days: int = _DAYS) -> DataFrame:
     """``rows`` CSV lines (column ``line``, no header) of flights-like data with the given mess.
 
     ``tailnums`` (e.g. the planes table's) are used for 90% of the flights so the planes join
-    matches; the rest get made-up tail numbers, as in the real data.
+    matches; the rest get made-up tail numbers, as in the real data. Flights fall on the
+    ``days`` days from ``first_day`` (ISO date; by default the 365 days of 2013): a later
+    ``first_day`` makes a nightly batch of new days whose keys the earlier rows never have.
     """
     tails = tailnums or [f"N{n:03d}XX" for n in range(1, 400)]
-    df = _typed_values(_rows(spark, rows, seed, mess, partitions), seed, tails)
+    df = _typed_values(_rows(spark, rows, seed, mess, partitions), seed, tails, first_day, days)
     text = _messy_text(seed, mess)
     line = F.concat_ws(",", *[F.coalesce(text[c], F.lit("NA")) for c in FLIGHT_COLUMNS])
     # A malformed line lost its last fields (a truncated write).
