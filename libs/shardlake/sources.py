@@ -255,6 +255,39 @@ def layout(files: list[Path], fmt: str, columns: Sequence[tuple[str, str]], deli
     return [SourceGroup(tuple(names), tuple(files))]
 
 
+def plain_lines(path: Path, header: str | None, encoding: str, quotes: bool = True, block_size: int = 1 << 24) -> bool:
+    """True when every line of the file but a header line is a record, read from its bytes.
+
+    That is: no quote character (when ``quotes``; then no quoted field can hold a newline), and
+    ``header`` (text without a byte-order mark; None: no header) occurs once only, as the first
+    line. False says nothing more: ``reading.scan_lines`` then looks at the lines themselves.
+    A byte count needs no Spark job, so small sources are checked this way (``reading``).
+    """
+    needle = None
+    if header is not None:
+        if "\ufffd" in header:
+            return False  # the header text is not what the file's bytes say
+        try:
+            needle = header.encode(encoding)
+        except (UnicodeError, LookupError):
+            return False
+        if not needle:
+            return False  # a blank header: blank lines are told apart line by line
+    found, tail = 0, b""
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(block_size), b""):
+            if quotes and b'"' in block:
+                return False
+            if needle is not None:
+                # An occurrence across two blocks starts in the previous block's last bytes.
+                window = tail + block
+                found += window.count(needle)
+                if found > 1:
+                    return False
+                tail = window[-(len(needle) - 1):] if len(needle) > 1 else b""
+    return needle is None or found == 1
+
+
 def spark_path(path: Path) -> str:
     """The path as Spark's readers take it: ``file://`` and the absolute path, glob characters escaped.
 

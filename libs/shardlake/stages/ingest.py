@@ -120,14 +120,16 @@ def join_summary(parsed: DataFrame, join: JoinSpec) -> dict[str, int]:
     alike): the rows a unique join source must not have.
     """
     kind, ok = F.col(P.RECORD_KIND), F.size(F.col(P.PARSE_ERRORS)) == 0
-    keys = list(join.keys.values())
+    usable = (kind == P.RECORD) & ok
+    # One job: a struct of the keys is never null, so keys holding nulls count as values too.
     row = parsed.agg(
         F.count(F.when(kind == P.RECORD, 1)).alias("records"),
         F.count(F.when((kind == P.RECORD) & ~ok, 1)).alias("parse_errors"),
         F.count(F.when(kind != P.RECORD, 1)).alias("blank_or_header_lines"),
+        F.count(F.when(usable, 1)).alias("_usable"),
+        F.count_distinct(F.when(usable, F.struct(*list(join.keys.values())))).alias("_keys"),
     ).first().asDict()
-    usable = parsed.where((kind == P.RECORD) & ok)
-    row["duplicate_keys"] = usable.count() - usable.select(*keys).distinct().count()
+    row["duplicate_keys"] = row.pop("_usable") - row.pop("_keys")
     row["used"] = row["records"] - row["parse_errors"] - (row["duplicate_keys"] if join.dedupe else 0)
     return {k: int(v) for k, v in row.items()}
 
