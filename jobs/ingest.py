@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     p = common.parser("Ingest a dataset into clean + quarantine Delta tables.")
     p.add_argument("--run-id", default=None, help="stable id of this run (default: ingest-<UTC time>)")
     p.add_argument("--mode", choices=["quarantine", "fail_fast"], default="quarantine")
-    p.add_argument("--optimize", action="store_true", help="OPTIMIZE (compact) the clean table afterwards")
+    p.add_argument("--optimize", action="store_true",
+                   help="OPTIMIZE the clean table afterwards (compaction, ZORDER BY the dataset's cluster_by)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--rebuild-layout", action="store_true",
                    help="rewrite the clean table in the configured layout (shards, splits, salt) in one commit, "

@@ -1,7 +1,10 @@
 """Delta helpers the ingest relies on: one-commit creation with constraints, schema checks, change detection."""
 from __future__ import annotations
 
+import json
+
 import pytest
+from delta.tables import DeltaTable
 from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
@@ -119,6 +122,17 @@ def test_optimize_compacts_without_changing_content(spark, lake_root):
     assert versions(spark, path)[-1] == (version, "OPTIMIZE")
     assertDataFrameEqual(delta_io.read_version(spark, path, version), before)
     assert len(delta_io.snapshot_files(path, version)) == 1
+
+
+def test_optimize_with_cluster_columns_orders_the_files_by_them(spark, lake_root):
+    path = str(lake_root / "t")
+    for i in (2, 0, 1):
+        spark.createDataFrame([(i, 1.0, 0)], SCHEMA).write.format("delta").mode("append").save(path)
+    before = delta_io.read_version(spark, path)
+    version = delta_io.optimize(spark, path, zorder_by=["id"])
+    operation = DeltaTable.forPath(spark, path).history(1).select("operationParameters").first()[0]
+    assert (version, json.loads(operation["zOrderBy"])) == (3, ["id"])
+    assertDataFrameEqual(delta_io.read_version(spark, path, version), before)
 
 
 def test_session_settings_are_put_back_after_the_block(spark):

@@ -13,22 +13,26 @@ The plan, and why it is shaped this way (the cost is in passes over the data and
 3. Before the expensive pass, an existing table's schema and layout (key, shards, splits, salt,
    recorded as table properties) are compared with the configuration: a change is refused
    before any write (``layout``).
-4. The marked rows are cached and one aggregation computes every count of the report and the
-   fill statistics of the training split. In fail_fast mode the first bad row raises inside
-   this pass, before any table exists or changes. The observed record count must equal the sum
-   of the fates.
+4. The marked rows are written once, as Parquet in the run's staging folder, and observations
+   on that write compute every count of the report, the fill statistics of the training split
+   and the batch's range of each ``cluster_by`` column (``ingest_report``). Nothing is cached.
+   In fail_fast mode the first bad row raises inside this pass, before any table exists or
+   changes. The observed record count must equal the sum of the fates.
 5. The clean rows are classified against the table (new, same, newer, older, in conflict: the
-   in-batch rule, ``keys``) and MERGEd; the quarantine gets the rejected rows and those that
-   lose against the table, by record id. Each commit is checked against what Delta recorded
-   (rows inserted, updated, the row-count change); on any failure the run's own commits (found
-   by run id in the commit metadata) are undone, never a concurrent writer's.
-6. Rows per shard come from the Delta log (no scan); feature statistics of the training split
-   of the new version are stored with the run in the ``ingest_runs`` table.
+   in-batch rule, ``keys``) and MERGEd; into a table without rows all are new and the MERGE
+   only inserts. The check and the MERGE read only the table's files that overlap the batch's
+   ``cluster_by`` range. The quarantine gets the rejected rows and those that lose against the
+   table, by record id. Each commit is checked against what Delta recorded (rows inserted,
+   updated, the row-count change); on any failure the run's own commits (found by run id in
+   the commit metadata) are undone, never a concurrent writer's.
+6. Rows per shard come from the Delta log (no scan). Feature statistics are fitted by training
+   on the version it trains on (``feature_stats_for``), not by every load.
 
 The clean table is partitioned by (split, shard). Split first: training reads one split's
 files and never lists the others. Shard second: it is ``pmod(xxhash64(key), shards)``, a pure
 function of the key, so a MERGE condition that names it prunes to the partitions a batch can
-touch, and a shard can be read, compacted or rebuilt alone.
+touch, and a shard can be read, compacted or rebuilt alone. A nightly batch's keys hash into
+every shard, so what keeps its cost to the batch is file skipping by ``cluster_by``.
 """
 from __future__ import annotations
 
@@ -39,7 +43,6 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from uuid import uuid4
 
@@ -53,51 +56,15 @@ from shardlake.config import DatasetSpec, JoinSpec
 from shardlake.lake import Lake
 from shardlake.reading import read_parsed
 from shardlake.stages import ingest_write as W
+from shardlake.stages.ingest_report import (  # noqa: F401  (IngestError, all_rule_names: the stage's API)
+    IngestError, IngestReport, accounting_aggregates, all_rule_names, check_counts, cluster_ranges, count_losers,
+    fill_report, join_summary, per_file_fates, required_columns, set_key_rule_counts, shard_skew)
 from shardlake.stages.ingest_write import QUARANTINE_SCHEMA, RUNS_SCHEMA, table_constraints  # noqa: F401
 from shardlake.transforms import clean as C
 from shardlake.transforms import parse as P
-from shardlake.transforms.stats import (FeatureStats, fill_aggregates, fill_values_from, fit_feature_stats,
-                                        is_training, training_rows)
+from shardlake.transforms.stats import FeatureStats, fit_feature_stats, training_rows
 
 log = logging.getLogger(__name__)
-
-class IngestError(RuntimeError):
-    """The ingest refused to write: bad rows in fail_fast mode, a join source that is not unique,
-    or accounting that does not add up."""
-
-
-@dataclass
-class IngestReport:
-    run_id: str
-    dataset: str
-    rows_read: int = 0
-    clean_rows: int = 0
-    quarantined: int = 0
-    duplicates_removed: int = 0
-    rule_counts: dict[str, int] = field(default_factory=dict)
-    shard_counts: dict[int, int] = field(default_factory=dict)
-    skew_ratio: float = 0.0
-    skew_warning: bool = False
-    table_version: int | None = None
-    quarantine_version: int | None = None
-    fill_values: dict[str, object] = field(default_factory=dict)
-    feature_stats: dict = field(default_factory=dict)
-    seconds: float = 0.0
-    invalid: int = 0
-    superseded: int = 0
-    conflicts: int = 0
-    blank_lines: int = 0
-    header_lines: int = 0
-    write_mode: str = ""
-    rows_merged: int = 0
-    rows_inserted: int = 0
-    rows_updated: int = 0
-    quarantine_inserted: int = 0
-    files: dict[str, dict[str, int]] = field(default_factory=dict)
-    joins: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _kind_counts(parsed: DataFrame) -> tuple[DataFrame, Observation]:
@@ -111,27 +78,6 @@ def _kind_counts(parsed: DataFrame) -> tuple[DataFrame, Observation]:
 
 def _records(parsed: DataFrame) -> DataFrame:
     return parsed.where(F.col(P.RECORD_KIND) == F.lit(P.RECORD)).drop(P.RECORD_KIND)
-
-
-def join_summary(parsed: DataFrame, join: JoinSpec) -> dict[str, int]:
-    """What a join source held: records, rows that did not parse, blank/header lines, duplicate keys.
-
-    ``duplicate_keys`` counts rows beyond the first of a key (exact copies and conflicting rows
-    alike): the rows a unique join source must not have.
-    """
-    kind, ok = F.col(P.RECORD_KIND), F.size(F.col(P.PARSE_ERRORS)) == 0
-    usable = (kind == P.RECORD) & ok
-    # One job: a struct of the keys is never null, so keys holding nulls count as values too.
-    row = parsed.agg(
-        F.count(F.when(kind == P.RECORD, 1)).alias("records"),
-        F.count(F.when((kind == P.RECORD) & ~ok, 1)).alias("parse_errors"),
-        F.count(F.when(kind != P.RECORD, 1)).alias("blank_or_header_lines"),
-        F.count(F.when(usable, 1)).alias("_usable"),
-        F.count_distinct(F.when(usable, F.struct(*list(join.keys.values())))).alias("_keys"),
-    ).first().asDict()
-    row["duplicate_keys"] = row.pop("_usable") - row.pop("_keys")
-    row["used"] = row["records"] - row["parse_errors"] - (row["duplicate_keys"] if join.dedupe else 0)
-    return {k: int(v) for k, v in row.items()}
 
 
 def join_table(parsed: DataFrame, join: JoinSpec) -> DataFrame:
@@ -164,10 +110,6 @@ def _cached(df: DataFrame) -> Iterator[DataFrame]:
         cached.unpersist()
 
 
-def _required(spec: DatasetSpec) -> list[str]:
-    return list(dict.fromkeys([*spec.key, *spec.rules.required]))
-
-
 def flag_records(parsed: DataFrame, spec: DatasetSpec, joins: list[tuple[JoinSpec, DataFrame]]) -> DataFrame:
     """Parsed records enriched by joins and derived columns, with ``_violations`` and shard/split."""
     df = parsed
@@ -177,7 +119,7 @@ def flag_records(parsed: DataFrame, spec: DatasetSpec, joins: list[tuple[JoinSpe
     rules = spec.rules
     df = C.flag_violations(
         df,
-        required=_required(spec),
+        required=required_columns(spec),
         ranges={c: (r.min, r.max) for c, r in rules.ranges.items()},
         allowed=rules.allowed,
         patterns=rules.patterns,
@@ -192,87 +134,10 @@ def clean_schema(flagged: DataFrame) -> list[str]:
     return [c for c in flagged.columns if c not in (*P.RAW_COLUMNS, C.VIOLATIONS, C.FATE)]
 
 
-def all_rule_names(spec: DatasetSpec) -> list[str]:
-    """Every rule name a row of this dataset can break (parse, type and declared rules)."""
-    rules = spec.rules
-    return [P.MALFORMED, P.ENCODING, *[f"type:{c}" for c in spec.column_names],
-            *C.rule_names(_required(spec), rules.ranges, rules.allowed, rules.patterns, rules.finite)]
-
-
-def shard_skew(counts: dict[int, int]) -> float:
-    """max/mean of rows per shard (1.0 is perfectly even)."""
-    if not counts:
-        return 0.0
-    mean = sum(counts.values()) / len(counts)
-    return max(counts.values()) / mean if mean else 0.0
-
-
-FATES = (C.CLEAN, C.INVALID, C.DUPLICATE, C.SUPERSEDED, C.CONFLICT)
-
-
-def _accounting(rule_names: list[str], fill_spec: dict, cluster_by: list[str]) -> list:
-    """The aggregates of the whole report: rows per fate, rows per broken rule, fill statistics.
-
-    Observed while the marked rows are staged, so they cost no pass of their own. Fill
-    statistics use the clean rows of the training split only, so nothing is learnt from
-    validation or test rows.
-    """
-    fate = F.col(C.FATE)
-    aggs = [F.count(F.when(fate == F.lit(name), 1)).alias(f"fate:{name}") for name in FATES]
-    aggs += [F.count(F.when(F.array_contains(F.col(C.VIOLATIONS), rule), 1)).alias(f"rule:{rule}")
-             for rule in rule_names]
-    aggs += fill_aggregates(fill_spec, where=(fate == F.lit(C.CLEAN)) & is_training())
-    clean = fate == F.lit(C.CLEAN)
-    return aggs + [f(F.when(clean, F.col(c))).alias(f"{f.__name__}:{c}") for c in cluster_by for f in (F.min, F.max)]
-
-
-def _ranges(row: dict, cluster_by: list[str]) -> dict[str, tuple[object, object]]:
-    """The clean rows' (min, max) of each ``cluster_by`` column: what a MERGE prunes the table by."""
-    return {c: (row[f"min:{c}"], row[f"max:{c}"]) for c in cluster_by}
-
-
-def _per_file(marked: DataFrame) -> dict[str, dict[str, int]]:
-    """Rows of each source file by fate (a small aggregation over two staged columns)."""
-    rows = marked.groupBy("_source_file", C.FATE).count().collect()
-    files: dict[str, dict[str, int]] = {}
-    for row in rows:
-        files.setdefault(row["_source_file"], {})[row[C.FATE]] = int(row["count"])
-    return files
-
-
 def _fail_fast_message(err: Exception) -> str | None:
     """The message of a fail_fast abort raised inside a Spark job, else None."""
     found = re.search(re.escape(C.FAIL_FAST_MARK) + r"[^\n]*", str(err))
     return found.group(0) if found else None
-
-
-def _fill_report(report: IngestReport, row: dict, spec: DatasetSpec, fill_spec: dict) -> None:
-    report.clean_rows = int(row[f"fate:{C.CLEAN}"])
-    report.invalid = int(row[f"fate:{C.INVALID}"])
-    report.superseded = int(row[f"fate:{C.SUPERSEDED}"])
-    report.conflicts = int(row[f"fate:{C.CONFLICT}"])
-    report.duplicates_removed = int(row[f"fate:{C.DUPLICATE}"])
-    report.quarantined = report.invalid + report.superseded + report.conflicts
-    report.rule_counts = {r: int(row[f"rule:{r}"]) for r in all_rule_names(spec) if row[f"rule:{r}"]}
-    report.fill_values = fill_values_from(row, fill_spec)
-
-
-def _set_key_rule_counts(report: IngestReport) -> None:
-    for rule, count in ((C.SUPERSEDED_RULE, report.superseded), (C.CONFLICT_RULE, report.conflicts)):
-        if count:
-            report.rule_counts[rule] = count
-        else:
-            report.rule_counts.pop(rule, None)
-
-
-def _check_counts(report: IngestReport) -> None:
-    """Records read (observed as read, before any join) = clean + quarantined + duplicates, exactly."""
-    fated = report.clean_rows + report.quarantined + report.duplicates_removed
-    if fated != report.rows_read:
-        raise IngestError(
-            f"accounting mismatch: {report.rows_read} records read, but clean {report.clean_rows} + quarantined "
-            f"{report.quarantined} + duplicates {report.duplicates_removed} = {fated} (a join multiplied or "
-            "dropped rows?); nothing was written")
 
 
 def _stage(spark: SparkSession, report: IngestReport, marked: DataFrame, spec: DatasetSpec,
@@ -288,7 +153,7 @@ def _stage(spark: SparkSession, report: IngestReport, marked: DataFrame, spec: D
     fill_spec = {c: (f.strategy, f.value) for c, f in spec.fill.items()}
     accounting = Observation("accounting")
     try:
-        aggregates = _accounting(all_rule_names(spec), fill_spec, spec.cluster_by)
+        aggregates = accounting_aggregates(all_rule_names(spec), fill_spec, spec.cluster_by)
         marked.observe(accounting, *aggregates).write.parquet(str(folder))
     except Exception as err:  # a Spark job failure carries the fail_fast message in its text
         message = _fail_fast_message(err)
@@ -297,12 +162,12 @@ def _stage(spark: SparkSession, report: IngestReport, marked: DataFrame, spec: D
         raise IngestError(f"{message}; no table was created or changed") from None
     seen = observation.get
     report.rows_read, report.blank_lines, report.header_lines = (int(seen[k]) for k in (P.RECORD, P.BLANK, P.HEADER))
-    _fill_report(report, accounting.get, spec, fill_spec)
-    _set_key_rule_counts(report)
+    fill_report(report, accounting.get, spec, fill_spec)
+    set_key_rule_counts(report)
     staged = spark.read.parquet(str(folder))
-    report.files = _per_file(staged)
-    _check_counts(report)
-    return staged, _ranges(accounting.get, spec.cluster_by)
+    report.files = per_file_fates(staged)
+    check_counts(report)
+    return staged, cluster_ranges(accounting.get, spec.cluster_by)
 
 
 def clean_candidates(marked: DataFrame, fill_values: dict) -> DataFrame:
@@ -344,7 +209,7 @@ def _write_tables(spark: SparkSession, spec: DatasetSpec, report: IngestReport,
             clean, losers = W.write_clean(spark, clean_path, candidates, spec, stack, report.clean_rows, ranges)
             report.table_version = clean.version
             W.check_commit(spark, clean_path, clean)
-            _count_losers(report, losers)
+            count_losers(report, losers)
             progress("writing the quarantine table")
             fates = [*P.RAW_COLUMNS, C.VIOLATIONS, C.FATE]
             records = C.quarantine_records(rejected.select(*fates).unionByName(losers.select(*fates)), report.run_id)
@@ -363,17 +228,6 @@ def _write_tables(spark: SparkSession, spec: DatasetSpec, report: IngestReport,
     # Only now may a version that is not this run's own commit stand in for one that was not made.
     report.quarantine_version = _latest_if_none(spark, quarantine_path, report.quarantine_version)
     report.table_version = _latest_if_none(spark, clean_path, report.table_version)
-
-
-def _count_losers(report: IngestReport, losers: DataFrame) -> None:
-    """Clean rows that lost against the table's row of their key move from clean to the quarantine."""
-    lost = {r[0]: int(r[1]) for r in losers.groupBy(C.FATE).count().collect()}
-    moved = sum(lost.values())
-    report.clean_rows -= moved
-    report.superseded += lost.get(C.SUPERSEDED, 0)
-    report.conflicts += lost.get(C.CONFLICT, 0)
-    report.quarantined += moved
-    _set_key_rule_counts(report)
 
 
 def _latest_if_none(spark: SparkSession, path: str, version: int | None) -> int:
