@@ -64,6 +64,7 @@ reliability: install airflow-install
 
 bench: install
 	$(PY) bench/ingest.py --rows 1000000 4000000
+	$(PY) bench/ingest.py --nightly
 	$(PY) bench/loader.py
 	$(PY) bench/train.py
 	$(PY) bench/infer.py
