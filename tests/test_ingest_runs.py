@@ -236,7 +236,8 @@ def test_a_clustered_merge_reads_only_the_batch_range_and_still_finds_every_key(
                           "dataset.cluster_by=[order_id]") for i, lines in enumerate([first, second])]
     ingest(spark, configs[0], "first")
     report = ingest(spark, configs[1], "second")
-    expected = spark.createDataFrame([(1, 10.0), (2, 20.5), (3, 31.0), (20, 5.0), (40, 4.0)], "order_id int, amount double")
+    expected = spark.createDataFrame([(1, 10.0), (2, 20.5), (3, 31.0), (20, 5.0), (40, 4.0)],
+                                     "order_id int, amount double")
     reliability.record("a MERGE pruned to the batch's key range (cluster_by)",
                        "the newer row updates, the older is quarantined, a new key is inserted", 0, 0)
     assertDataFrameEqual(table(spark, configs[1], "clean").select("order_id", "amount"), expected)

@@ -116,8 +116,10 @@ def write_clean(spark: SparkSession, path: str, candidates: DataFrame, spec: Dat
     ``ranges`` (the candidates' min/max of each ``cluster_by`` column) prune both the
     classification's read of the table and the MERGE to the files that can hold the batch's keys.
     """
-    table_columns = [c for c in delta_io.read_version(spark, path).columns]
+    table_schema = delta_io.read_version(spark, path).schema
+    table_columns = table_schema.fieldNames()
     wins = f"({K.incoming_wins(spec.order_by, spec.on_key_conflict)}) AND t.{C.ROW_HASH} <> s.{C.ROW_HASH}"
+    types = {f.name: f.dataType for f in table_schema.fields}
     outcome: dict[str, DataFrame] = {}
 
     def attempt() -> Written:
@@ -133,8 +135,9 @@ def write_clean(spark: SparkSession, path: str, candidates: DataFrame, spec: Dat
             written = Written(inserted=counts.get(K.NEW, 0), updated=counts.get(K.UPDATE, 0))
             if written.inserted or written.updated:
                 source = classified.where(F.col(K.AGAINST).isin(K.NEW, K.UPDATE)).select(*table_columns)
+                pruned = K.within(ranges or {}, "t", types)
                 written.version = delta_io.merge_by_key(spark, path, source, spec.key, prune_on=(C.SPLIT, C.SHARD),
-                                                        changed_when=wins, target_filter=K.within(ranges or {}, "t"))
+                                                        changed_when=wins, target_filter=pruned)
         except BaseException:
             attempt_stack.close()
             raise

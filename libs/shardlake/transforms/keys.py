@@ -16,6 +16,7 @@ from functools import reduce
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from shardlake.transforms.clean import CONFLICT, ROW_HASH, SHARD, SPLIT, SUPERSEDED
 
@@ -48,18 +49,27 @@ def _incoming_older(order_by: str | None) -> str:
     return f"(s.{o} < t.{o} OR (s.{o} IS NULL AND t.{o} IS NOT NULL))"
 
 
-def within(ranges: Mapping[str, tuple[object, object]], table: str | None = None) -> Column | None:
+def within(ranges: Mapping[str, tuple[object, object]], table: str | None = None,
+           types: Mapping[str, T.DataType] | None = None) -> Column | None:
     """Rows whose ``ranges`` columns lie inside a batch's (min, max): the only rows its keys can match.
 
     The columns are key columns (``cluster_by``), so a row of the table with one of the batch's
     keys has its values inside the batch's range. As a filter on the table (``table``: its alias
-    in a MERGE) it lets Delta skip every file whose min/max statistics fall outside. None when
-    there is nothing to prune by; a batch without rows matches nothing.
+    in a MERGE) it lets Delta skip every file whose min/max statistics fall outside; ``types``
+    (the columns' types) make the bounds literals of the column's own type, so the comparison
+    is on the bare column, as file skipping needs. None when there is nothing to prune by; a
+    batch without rows matches nothing.
     """
     if not ranges:
         return None
+    types = types or {}
+
+    def bound(column: str, value: object) -> Column:
+        literal = F.lit(value)
+        return literal.cast(types[column]) if column in types else literal
+
     name = (lambda c: f"{table}.`{c}`") if table else (lambda c: f"`{c}`")
-    parts = [F.col(name(c)).between(F.lit(lo), F.lit(hi)) if lo is not None else F.lit(False)
+    parts = [F.col(name(c)).between(bound(c, lo), bound(c, hi)) if lo is not None else F.lit(False)
              for c, (lo, hi) in ranges.items()]
     return reduce(operator.and_, parts)
 
@@ -75,7 +85,7 @@ def against_table(incoming: DataFrame, table: DataFrame, key: Sequence[str], ord
     rows inside the batch's range are read.
     """
     wanted = [*key, ROW_HASH, *([order_by] if order_by else []), SHARD, SPLIT]
-    pruned = within(ranges or {})
+    pruned = within(ranges or {}, types={f.name: f.dataType for f in table.schema.fields})
     if pruned is not None:
         table = table.where(pruned)
     existing = table.select(*dict.fromkeys(wanted)).withColumn("_in_table", F.lit(True))
