@@ -16,6 +16,7 @@ from shardlake.transforms import clean as C
 from shardlake.transforms import parse as P
 from shardlake.transforms.stats import fill_aggregates, fill_values_from, is_training
 
+
 class IngestError(RuntimeError):
     """The ingest refused to write: bad rows in fail_fast mode, a join source that is not unique,
     or accounting that does not add up."""
@@ -36,7 +37,6 @@ class IngestReport:
     table_version: int | None = None
     quarantine_version: int | None = None
     fill_values: dict[str, object] = field(default_factory=dict)
-    feature_stats: dict = field(default_factory=dict)
     seconds: float = 0.0
     invalid: int = 0
     superseded: int = 0

@@ -47,6 +47,7 @@ class Written:
     version: int | None = None
     inserted: int = 0
     updated: int = 0
+    into_empty: bool = False  # the table had no rows: every row was inserted, none classified
 
 
 def table_constraints(spec: DatasetSpec) -> dict[str, str]:
@@ -157,11 +158,17 @@ def _first_load(spark: SparkSession, path: str, candidates: DataFrame, table_col
     that commits first makes this one fail with Delta's conflict exception, and the retry then
     classifies against the rows that writer left. Nothing loses against an empty table.
     """
-    written = Written(inserted=expected_rows)
-    if expected_rows:
-        written.version = delta_io.merge_by_key(spark, path, candidates.select(*table_columns), spec.key,
-                                                prune_on=(C.SPLIT, C.SHARD), update=False)
     outcome["losers"] = candidates.limit(0).withColumn(K.AGAINST, F.lit(None).cast("string"))
+    return _insert_all(spark, path, candidates.select(*table_columns), spec.key, expected_rows, (C.SPLIT, C.SHARD))
+
+
+def _insert_all(spark: SparkSession, path: str, rows: DataFrame, key: Sequence[str], expected_rows: int,
+                prune_on: Sequence[str] = ()) -> Written:
+    """Insert every row into a table that had none (an insert-only MERGE, so a concurrent first
+    write still conflicts); ``expected_rows`` is their count, which the commit check holds it to."""
+    written = Written(inserted=expected_rows, into_empty=True)
+    if expected_rows:
+        written.version = delta_io.merge_by_key(spark, path, rows, key, prune_on=prune_on, update=False)
     return written
 
 
@@ -174,11 +181,8 @@ def write_quarantine(spark: SparkSession, path: str, records: DataFrame, stack: 
     concurrent first write).
     """
     def attempt() -> Written:
-        if delta_io.row_count(path, delta_io.latest_version(spark, path)) == 0:
-            written = Written(inserted=expected_rows)
-            if expected_rows:
-                written.version = delta_io.merge_by_key(spark, path, records, ["record_id"], update=False)
-            return written
+        if delta_io.is_empty(spark, path):
+            return _insert_all(spark, path, records, ["record_id"], expected_rows)
         attempt_stack = ExitStack()
         present = delta_io.read_version(spark, path).select("record_id")
         new = _persisted(attempt_stack, records.join(present, on="record_id", how="left_anti"))

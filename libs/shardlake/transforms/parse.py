@@ -35,7 +35,7 @@ RECORD, BLANK, HEADER = "record", "blank", "header"
 PARSE_ERRORS = "_parse_errors"
 MALFORMED = "malformed"
 ENCODING = "encoding"
-_CORRUPT = "_corrupt_record_"
+CORRUPT = "_corrupt_record_"  # the CSV parser's corrupt-record field
 BOM = "\ufeff"
 # Columns of the physical lines ``stitch_records`` reads: the text and its place in the file
 # (the split's first byte, then the line's order in the split).
@@ -160,7 +160,15 @@ def record_kind(raw: Column, header: Column | None = None) -> Column:
     return kind.otherwise(F.lit(RECORD))
 
 
-def _undecodable(raw: Column) -> Column:
+def csv_options(delimiter: str, null_value: str | None = None) -> dict[str, str]:
+    """Options of Spark's CSV parser for one record (``from_csv``): RFC 4180 quoting, PERMISSIVE with
+    the ``CORRUPT`` field, spaces around unquoted values dropped; ``null_value``: its one null text."""
+    options = {"sep": delimiter, "mode": "PERMISSIVE", "escape": '"', "columnNameOfCorruptRecord": CORRUPT,
+               "ignoreLeadingWhiteSpace": "true", "ignoreTrailingWhiteSpace": "true"}
+    return options if null_value is None else {**options, "nullValue": null_value}
+
+
+def undecodable(raw: Column) -> Column:
     """True for text holding bytes that are not valid UTF-8, or an already-substituted U+FFFD.
 
     Spark's text source keeps a line's bytes as they are; re-encoding replaces invalid sequences,
@@ -208,12 +216,9 @@ def split_fields(raw: DataFrame, names: Sequence[str], fmt: str, delimiter: str 
         # The CSV parser itself marks a record whose field count differs by filling the
         # corrupt-record field: no second scan of the record is needed for that. It reads an
         # unclosed quote to the end of the text without complaint, hence the quote check.
-        ddl = ", ".join(f"`{n}` STRING" for n in [*names, _CORRUPT])
-        parsed = F.from_csv(F.col("_raw"), ddl, {
-            "sep": delimiter, "mode": "PERMISSIVE", "escape": '"', "columnNameOfCorruptRecord": _CORRUPT,
-            "ignoreLeadingWhiteSpace": "true", "ignoreTrailingWhiteSpace": "true",
-        })
-        malformed = parsed.getField(_CORRUPT).isNotNull() | opens_quote(F.col("_raw"), delimiter)
+        ddl = ", ".join(f"`{n}` STRING" for n in [*names, CORRUPT])
+        parsed = F.from_csv(F.col("_raw"), ddl, csv_options(delimiter))
+        malformed = parsed.getField(CORRUPT).isNotNull() | opens_quote(F.col("_raw"), delimiter)
     elif fmt in ("json", "parquet"):
         schema = T.StructType([T.StructField(n, T.StringType()) for n in names])
         parsed = F.from_json(F.col("_raw"), schema, {"mode": "PERMISSIVE"})
@@ -226,7 +231,7 @@ def split_fields(raw: DataFrame, names: Sequence[str], fmt: str, delimiter: str 
     # elimination no longer shares the parser between the fields and the checks, and each row
     # is parsed once more per reference.
     checked = raw.select(*carried, parsed.alias("_fields"), malformed.alias("_malformed"),
-                         _undecodable(F.col("_raw")).alias("_undecodable"))
+                         undecodable(F.col("_raw")).alias("_undecodable"))
     errors = error_list({MALFORMED: F.col("_malformed"), ENCODING: F.col("_undecodable")})
     known = set(names)
     fields = {n: F.col("_fields").getField(n) if n in known else F.lit(None).cast("string") for n in keep}

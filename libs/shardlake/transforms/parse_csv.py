@@ -26,14 +26,6 @@ from pyspark.sql import functions as F
 
 from shardlake.transforms import parse as P
 
-_CORRUPT = "_corrupt_record_"
-
-
-def _options(delimiter: str, null_value: str) -> dict[str, str]:
-    return {"sep": delimiter, "mode": "PERMISSIVE", "escape": '"', "columnNameOfCorruptRecord": _CORRUPT,
-            "ignoreLeadingWhiteSpace": "true", "ignoreTrailingWhiteSpace": "true", "nullValue": null_value}
-
-
 def parse_typed(records: DataFrame, names: Sequence[str], columns: Sequence[tuple[str, str]],
                 delimiter: str = ",", null_values: Sequence[str] = ()) -> DataFrame:
     """CSV records (``_raw``, ``_source_file``, ``_record_kind``) to the declared columns and ``_parse_errors``.
@@ -43,14 +35,14 @@ def parse_typed(records: DataFrame, names: Sequence[str], columns: Sequence[tupl
     """
     types = dict(columns)
     nulls = P.null_texts(null_values)
-    ddl = ", ".join(f"`{n}` {P.spark_type(types.get(n, 'string')).simpleString()}" for n in [*names, _CORRUPT])
-    typed = F.from_csv(F.col("_raw"), ddl, _options(delimiter, next((v for v in nulls if v), "")))
+    ddl = ", ".join(f"`{n}` {P.spark_type(types.get(n, 'string')).simpleString()}" for n in [*names, P.CORRUPT])
+    typed = F.from_csv(F.col("_raw"), ddl, P.csv_options(delimiter, next((v for v in nulls if v), "")))
     is_record = F.col(P.RECORD_KIND) == F.lit(P.RECORD)
     # Each step in its own projection: Spark then evaluates the parser once per row and shares it
     # between the fields and the check (see parse.split_fields).
     fast = records.select(*P.RAW_COLUMNS, P.RECORD_KIND, typed.alias("_typed"))
-    suspect = is_record & (F.col("_typed").getField(_CORRUPT).isNotNull() | P.opens_quote(F.col("_raw"), delimiter)
-                           | P._undecodable(F.col("_raw")))
+    suspect = is_record & (F.col("_typed").getField(P.CORRUPT).isNotNull() | P.opens_quote(F.col("_raw"), delimiter)
+                           | P.undecodable(F.col("_raw")))
     flagged = fast.withColumn("_suspect", suspect).withColumns({
         "_raw_text": F.col("_raw"),
         # Only suspect records reach the strict path: the others give it a null text, which it
