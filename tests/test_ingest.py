@@ -15,7 +15,7 @@ from pyspark.testing import assertDataFrameEqual
 from shardlake import delta_io
 from shardlake.lake import Lake
 from shardlake.sources import SourceError
-from shardlake.stages.ingest import IngestError
+from shardlake.stages.ingest import IngestError, observed
 
 from ingest_helpers import CLEAN_SCHEMA, HEADER, LINES, ingest, placed, table, toy_config, write_csv
 
@@ -200,3 +200,12 @@ def test_with_evolution_allowed_a_source_with_new_and_reordered_columns_is_read_
     assertDataFrameEqual(clean, spark.createDataFrame([(1, "c1", 10.0, 2, 1)],
                                                       "order_id int, customer string, amount double, qty int, "
                                                       "updated int"))
+
+
+def test_counts_spark_did_not_report_are_zero_only_for_an_empty_input(spark):
+    empty = spark.createDataFrame([], "x int")
+    zeros = observed({}, empty)
+    assert (zeros["record"], zeros["fate:clean"], zeros["rule:required:x"]) == (0, 0, None)
+    with pytest.raises(IngestError, match="not reported"):
+        observed({}, spark.createDataFrame([(1,)], "x int"))
+    assert observed({"record": 3}, empty) == {"record": 3}

@@ -41,6 +41,7 @@ import logging
 import re
 import shutil
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -57,7 +58,7 @@ from shardlake.lake import Lake
 from shardlake.reading import read_parsed
 from shardlake.stages import ingest_write as W
 from shardlake.stages.ingest_report import (  # noqa: F401  (IngestError, all_rule_names: the stage's API)
-    IngestError, IngestReport, accounting_aggregates, all_rule_names, check_counts, cluster_ranges, count_losers,
+    FATES, IngestError, IngestReport, accounting_aggregates, all_rule_names, check_counts, cluster_ranges, count_losers,
     fill_report, join_summary, per_file_fates, required_columns, set_key_rule_counts, shard_skew)
 from shardlake.stages.ingest_write import QUARANTINE_SCHEMA, RUNS_SCHEMA, table_constraints  # noqa: F401
 from shardlake.transforms import clean as C
@@ -160,14 +161,31 @@ def _stage(spark: SparkSession, report: IngestReport, marked: DataFrame, spec: D
         if message is None:
             raise
         raise IngestError(f"{message}; no table was created or changed") from None
-    seen = observation.get
-    report.rows_read, report.blank_lines, report.header_lines = (int(seen[k]) for k in (P.RECORD, P.BLANK, P.HEADER))
-    fill_report(report, accounting.get, spec, fill_spec)
-    set_key_rule_counts(report)
     staged = spark.read.parquet(str(folder))
+    seen = observed(observation.get, staged)
+    report.rows_read, report.blank_lines, report.header_lines = (int(seen[k]) for k in (P.RECORD, P.BLANK, P.HEADER))
+    counted = observed(accounting.get, staged)
+    fill_report(report, counted, spec, fill_spec)
+    set_key_rule_counts(report)
     report.files = per_file_fates(staged)
     check_counts(report)
-    return staged, cluster_ranges(accounting.get, spec.cluster_by)
+    return staged, cluster_ranges(counted, spec.cluster_by)
+
+
+def observed(values: dict, staged: DataFrame) -> dict:
+    """An observation's values; when Spark reports none (it can drop the metrics of a plan over an
+    empty input), zeros and nulls, but only after the staged rows show there was nothing to count.
+
+    A count that is missing for rows that exist would make the run write nothing and report
+    success, so that is refused instead.
+    """
+    if values:
+        return values
+    if staged.limit(1).count():
+        raise IngestError("the ingest's row counts were not reported by Spark for a non-empty input; "
+                          "nothing was written; run it again")
+    # Every other aggregate (rule counts, fill statistics, cluster ranges) is null, as over no rows.
+    return defaultdict(lambda: None, {P.RECORD: 0, P.BLANK: 0, P.HEADER: 0, **{f"fate:{f}": 0 for f in FATES}})
 
 
 def clean_candidates(marked: DataFrame, fill_values: dict) -> DataFrame:
@@ -201,12 +219,12 @@ def _write_tables(spark: SparkSession, spec: DatasetSpec, report: IngestReport,
     clean_path, quarantine_path = paths
     candidates, rejected, schema = rows
     _ensure_tables(spark, spec, schema, clean_path, quarantine_path)
-    report.write_mode = "merge into empty table" if delta_io.is_empty(spark, clean_path) else "merge"
     before = {path: delta_io.latest_version(spark, path) for path in (clean_path, quarantine_path)}
     with delta_io.commit_metadata(spark, {"run_id": report.run_id, "fill_values": report.fill_values}):
         try:
-            progress(f"writing the clean table ({report.write_mode})")
+            progress("writing the clean table")
             clean, losers = W.write_clean(spark, clean_path, candidates, spec, stack, report.clean_rows, ranges)
+            report.write_mode = "merge into empty table" if clean.into_empty else "merge"
             report.table_version = clean.version
             W.check_commit(spark, clean_path, clean)
             count_losers(report, losers)
