@@ -138,6 +138,6 @@ def test_rows_of_the_registry_point_at_the_model_folders(spark, runs):
     assert all((Path(r["model_dir"]) / "model.safetensors").exists() for r in rows)
 
 
-def test_the_learning_rate_is_scaled_with_the_number_of_ranks(runs):
+def test_adam_s_learning_rate_is_not_scaled_by_the_two_ranks_by_default(runs):
     state = load_checkpoint(Path(runs["a"]["model_dir"]))
-    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(2 * runs["a"]["config"]["train"]["learning_rate"])
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(runs["a"]["config"]["train"]["learning_rate"])

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from shardlake.training.sample import flights_like_frame, spec_from_files
-from shardlake.training.worker import (CHECKPOINT, HISTORY, CheckpointError, Comm, TrainJob, load_checkpoint,
-                                       run_training, should_stop, train_and_test)
+from shardlake.training.worker import (CHECKPOINT, HISTORY, CheckpointError, Comm, TrainJob, effective_learning_rate,
+                                       load_checkpoint, run_training, should_stop, train_and_test)
 
 NUMERIC = ["sched_dep_hour", "distance", "month", "day_of_week", "temp", "humid", "wind_speed", "precip", "visib",
            "seats", "engines"]
@@ -126,6 +126,25 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(splits, tmp_path):
     resumed = run_training(make_job(splits, tmp_path / "cut"), Comm(), log=lambda _: None)
     assert ([h.train_loss for h in resumed.history], resumed.history[-1].validation) == (
         [h.train_loss for h in uninterrupted.history], uninterrupted.history[-1].validation)
+
+
+@pytest.mark.parametrize(("scaling", "ranks", "expected"), [("none", 4, 0.003), ("linear", 4, 0.012),
+                                                             ("linear", 1, 0.003)])
+def test_the_learning_rate_is_scaled_by_ranks_only_when_configured(scaling, ranks, expected):
+    assert effective_learning_rate(0.003, scaling, ranks) == pytest.approx(expected)
+
+
+def test_a_resumed_run_uses_the_learning_rate_of_its_own_rank_count(splits, tmp_path):
+    # A checkpoint saved by a run whose optimizer had another rank count's (linearly scaled) rate.
+    job = make_job(splits, tmp_path, epochs=2, fail_after_epoch=0, lr_scaling="linear")
+    with pytest.raises(RuntimeError, match="injected failure"):
+        run_training(job, Comm(), log=lambda _: None)
+    state = load_checkpoint(tmp_path, job.fingerprint())
+    state["optimizer"]["param_groups"][0]["lr"] = 4 * job.learning_rate
+    torch.save(state, tmp_path / CHECKPOINT)
+    run_training(job, Comm(), log=lambda _: None)  # one rank now
+    assert load_checkpoint(tmp_path, job.fingerprint())["optimizer"]["param_groups"][0]["lr"] == pytest.approx(
+        job.learning_rate)
 
 
 def test_the_checkpoint_holds_model_optimizer_epoch_and_rng_state(splits, tmp_path):

@@ -218,6 +218,8 @@ class TrainSettings(_Strict):
     epochs: int = Field(default=3, ge=1)
     batch_size: int = Field(default=1024, ge=1)
     learning_rate: float = Field(default=0.003, gt=0)
+    lr_scaling: Literal["none", "linear"] = Field(default="none", description=(
+        "'linear' multiplies the learning rate by the rank count (for SGD-like optimizers); Adam needs none"))
     hidden: list[int] = Field(default_factory=lambda: [64, 32])
     embedding_dim: int = Field(default=8, ge=1)
     dropout: float = Field(default=0.1, ge=0, lt=1)

@@ -81,6 +81,7 @@ def plan(spark: SparkSession, lake: Lake, config: AppConfig, run_id: str | None 
     job = TrainJob(train_files=files["train"], validation_files=files["validation"], test_files=files["test"],
                    spec=spec.to_dict(), label=label.column, run_dir=str(run_dir), epochs=train.epochs,
                    batch_size=train.batch_size, learning_rate=train.learning_rate, seed=train.seed,
+                   lr_scaling=train.lr_scaling,
                    early_stopping_patience=train.early_stopping_patience, loader_workers=train.loader_workers,
                    loader_pool=train.loader_pool, shuffle_buffer=train.shuffle_buffer,
                    torch_threads=train.torch_threads,

@@ -54,6 +54,7 @@ class TrainJob:
     loader_pool: str = "thread"
     shuffle_buffer: int = 20000
     torch_threads: int | None = None  # None: the machine's cores shared out over its ranks
+    lr_scaling: str = "none"  # "linear": learning rate times the rank count (effective_learning_rate)
     # Fault injection for recovery tests; neither fires in a resumed run.
     fail_after_epoch: int | None = None  # every rank raises after this epoch's checkpoint
     kill_after_epoch: int | None = None  # rank ``kill_rank`` SIGKILLs itself after this epoch's checkpoint
@@ -197,6 +198,17 @@ def _evaluate(model, urls, spec: ModelSpec, label: str, job: TrainJob, comm: Com
     return metrics_for(spec.kind, all_labels, all_out)
 
 
+def effective_learning_rate(learning_rate: float, scaling: str, ranks: int) -> float:
+    """The optimizer's learning rate for ``ranks`` ranks: as configured, or times the rank count (``linear``).
+
+    Linear scaling follows the larger global batch of plain SGD; Adam normalises its steps by the
+    gradients' own scale, so it is not scaled unless the configuration asks for it.
+    """
+    if scaling not in ("none", "linear"):
+        raise ValueError(f"lr_scaling must be 'none' or 'linear', got {scaling!r}")
+    return learning_rate * ranks if scaling == "linear" else learning_rate
+
+
 def save_checkpoint(run_dir: Path, model, optimizer, epoch: int, history: list[dict], best: dict,
                     job_fingerprint: str) -> None:
     """Tensors and plain values only (loadable with weights_only=True), written atomically."""
@@ -289,7 +301,8 @@ def run_training(job: TrainJob, comm: Comm, log=print) -> TrainResult:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     model = build_model(spec, seed=job.seed).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=job.learning_rate * comm.size)  # LR scaled with ranks
+    learning_rate = effective_learning_rate(job.learning_rate, job.lr_scaling, comm.size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     train_model, optimizer = comm.distribute(model, optimizer)
     result = TrainResult()
     history: list[dict] = []
@@ -301,6 +314,9 @@ def run_training(job: TrainJob, comm: Comm, log=print) -> TrainResult:
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        # The checkpoint's rate is its run's; a resumed run may have another rank count.
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate
         torch.set_rng_state(checkpoint["torch_rng"])
         history = json.loads(checkpoint["history"])
         best = json.loads(checkpoint["best"])
