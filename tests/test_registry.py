@@ -5,6 +5,8 @@ a dataset of its own, and promotion never reaches across datasets.
 """
 from __future__ import annotations
 
+import threading
+
 import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
@@ -122,3 +124,42 @@ def test_promote_if_good_reports_a_refusal_instead_of_raising(spark, lake, ds):
 def test_promote_if_good_judges_regression_cards_by_rmse_downwards(spark, lake, ds):
     registry.register(spark, lake.registry(), card("r1", 11.0, ds, kind="regression"))
     assert train.promote_if_good(spark, lake, card("r1", 11.0, ds, kind="regression"), threshold=12.0) is True
+
+
+def _at_once(*calls) -> None:
+    """Run the calls in threads released together, so their Delta commits race; re-raise any error."""
+    gate = threading.Barrier(len(calls))
+    errors: list[BaseException] = []
+
+    def run(call):
+        gate.wait()
+        try:
+            call()
+        except BaseException as err:  # noqa: BLE001  (reported to the test below)
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def test_two_registrations_at_once_both_land(spark, path, ds):
+    registry.register(spark, path, card("m0", 0.7, ds))  # the table exists: only the MERGEs race
+    _at_once(lambda: registry.register(spark, path, card("m1", 0.7, ds)),
+             lambda: registry.register(spark, path, card("m2", 0.7, ds)))
+    assertDataFrameEqual(stages(spark, path, ds),
+                         expect(spark, [("m0", "candidate"), ("m1", "candidate"), ("m2", "candidate")]))
+
+
+def test_two_promotions_at_once_in_two_datasets_both_land(spark, path, ds):
+    other = f"{ds}-other"
+    registry.register(spark, path, card("f1", 0.7, ds))
+    registry.register(spark, path, card("w1", 0.7, other))
+    _at_once(lambda: registry.promote(spark, path, f"{ds}-f1", threshold=0.6),
+             lambda: registry.promote(spark, path, f"{other}-w1", threshold=0.6))
+    assert [registry.production_model(spark, path, d)["model_version"] for d in (ds, other)] == [
+        f"{ds}-f1", f"{other}-w1"]

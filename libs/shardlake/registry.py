@@ -29,22 +29,37 @@ class PromotionError(ValueError):
 
 
 def register(spark: SparkSession, registry_path: str, card: Mapping) -> None:
-    """Add or refresh a model version as a 'candidate' (a re-registration keeps its current stage)."""
-    delta_io.ensure_table(spark, registry_path, REGISTRY_SCHEMA)
+    """Add or refresh a model version as a 'candidate' (a re-registration keeps its current stage).
+
+    A MERGE by model version: idempotent, so a commit that lost to a concurrent writer (another
+    DAG's registration or promotion) is retried on the new snapshot.
+    """
+    delta_io.retry_on_conflict(lambda: delta_io.ensure_table(spark, registry_path, REGISTRY_SCHEMA), registry_path)
     row = (card["model_version"], card["dataset"], card["table_path"], int(card["table_version"]),
            card["metric_name"], float(card["validation_metric"]), "candidate", card["model_dir"],
            json.dumps(card, sort_keys=True, default=str))
     source = spark.createDataFrame([row], REGISTRY_SCHEMA)
-    (DeltaTable.forPath(spark, registry_path).alias("t")
-     .merge(source.alias("s"), "t.model_version = s.model_version")
-     .whenMatchedUpdate(set={c: f"s.{c}" for c in REGISTRY_SCHEMA.fieldNames() if c != "stage"})
-     .whenNotMatchedInsertAll()
-     .execute())
+    delta_io.retry_on_conflict(lambda: (
+        DeltaTable.forPath(spark, registry_path).alias("t")
+        .merge(source.alias("s"), "t.model_version = s.model_version")
+        .whenMatchedUpdate(set={c: f"s.{c}" for c in REGISTRY_SCHEMA.fieldNames() if c != "stage"})
+        .whenNotMatchedInsertAll()
+        .execute()), registry_path)
 
 
 def promote(spark: SparkSession, registry_path: str, model_version: str, threshold: float,
             higher_is_better: bool = True) -> None:
-    """Make ``model_version`` its dataset's production model if its validation metric meets ``threshold``."""
+    """Make ``model_version`` its dataset's production model if its validation metric meets ``threshold``.
+
+    The check and the UPDATE are retried together when a concurrent writer wins the commit, so a
+    retry judges the registry as it is then.
+    """
+    delta_io.retry_on_conflict(lambda: _promote(spark, registry_path, model_version, threshold, higher_is_better),
+                               registry_path)
+
+
+def _promote(spark: SparkSession, registry_path: str, model_version: str, threshold: float,
+             higher_is_better: bool) -> None:
     row = (delta_io.read_version(spark, registry_path)
            .where(F.col("model_version") == model_version).first()) if delta_io.table_exists(spark, registry_path) else None
     if row is None:
