@@ -73,8 +73,10 @@ def test_two_runs_of_one_config_and_table_version_give_the_same_metrics(runs):
 
 
 def test_a_killed_rank_fails_the_run_with_a_resume_hint(runs):
+    # Horovod names the first process to exit: the killed rank (exit code 137) or, when it is
+    # quicker to notice the lost peer, the rank left waiting on it; either way the run fails.
     message = str(runs["killed"])
-    assert "exit code: 137" in message.lower() and "start the same run again to resume" in message
+    assert "exited with non-zero status" in message and "start the same run again to resume" in message
 
 
 def test_the_rerun_resumes_after_the_checkpoint_and_runs_every_epoch(runs):
