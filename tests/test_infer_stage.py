@@ -10,6 +10,7 @@ import datetime as dt
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
@@ -50,11 +51,12 @@ def _expected(spark, data, folder, model_version: str, source_version: int, logi
               dataset: str):
     """What the predictions table should hold for ``data``: in-process scores plus the lineage columns."""
     scores = D.in_process_scores(folder, data)
-    expected = data[[*D.KEY, "shard", "delayed"]].copy()
+    expected = data[[*D.KEY, "shard", "_row_hash", "delayed"]].copy()
     expected[PREDICTION] = (scores >= 0.5).astype(np.int32)
     expected[SCORE] = scores
     return (spark.createDataFrame(expected)
-            .select(*D.KEY, "shard", F.col("delayed").cast("int"), F.col(PREDICTION).cast("int"), SCORE)
+            .select(*D.KEY, "shard", F.col("_row_hash").alias("source_row_hash"), F.col("delayed").cast("int"),
+                    F.col(PREDICTION).cast("int"), SCORE)
             .withColumns({"model_version": F.lit(model_version), "source_table": F.lit(lake.table(dataset, "clean")),
                           "source_version": F.lit(source_version).cast("long"),
                           "logical_date": F.to_date(F.lit(logical_date))}))
@@ -165,6 +167,41 @@ def test_incremental_run_with_no_new_keys_writes_nothing(spark, incremental_run)
     assert (report.rows_scored, report.rows_inserted) == (0, 0)
     assert report.predictions_version == incremental_run["report"].predictions_version
     assertDataFrameEqual(_predictions(spark, lake, "incr"), before)
+
+
+@pytest.fixture()
+def updated_run(spark, own_lake):
+    """Dataset 'upd': a full run on 60 rows (v0); 12 of them changed in place by a MERGE (v1); an incremental run."""
+    first = D.rows(60, seed=8)
+    D.write_clean(spark, own_lake, "upd", first)
+    run_infer(spark, own_lake, D.config(own_lake, "upd"), "2024-01-01", model_version="mb")
+    changed = first.iloc[::5].copy()
+    changed["distance"] = changed["distance"].fillna(1.0) + 400.0
+    changed["delayed"] = 1 - changed["delayed"]
+    changed = D.with_hash(changed)
+    version = D.update_clean(spark, own_lake, "upd", changed)
+    report = run_infer(spark, own_lake, D.config(own_lake, "upd"), "2024-01-02", model_version="mb",
+                       incremental=True)
+    unchanged = first.drop(index=changed.index)
+    return {"lake": own_lake, "changed": changed, "unchanged": unchanged, "version": version, "report": report}
+
+
+def test_incremental_run_rescores_rows_changed_in_place(updated_run):
+    report = updated_run["report"]
+    assert (report.rows_scored, report.rows_inserted, report.rows_updated) == (12, 0, 12)
+
+
+def test_incremental_run_replaces_the_predictions_of_changed_rows_only(spark, updated_run):
+    lake, folder = updated_run["lake"], updated_run["lake"].model_dir("flights", "mb")
+    expected = (_expected(spark, updated_run["unchanged"], folder, "mb", 0, "2024-01-01", lake, "upd")
+                .unionByName(_expected(spark, updated_run["changed"], folder, "mb", updated_run["version"],
+                                       "2024-01-02", lake, "upd")))
+    assertDataFrameEqual(_predictions(spark, lake, "upd"), expected, rtol=1e-6)
+
+
+def test_summary_after_an_in_place_update_counts_the_new_labels(updated_run):
+    rows = pd.concat([updated_run["unchanged"], updated_run["changed"]])
+    assert updated_run["report"].summary[0]["label_rate"] == pytest.approx(rows["delayed"].mean())
 
 
 @pytest.fixture()

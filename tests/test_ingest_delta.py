@@ -8,7 +8,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
-from shardlake import delta_io
+from shardlake import delta_io, delta_log
 
 SCHEMA = T.StructType([T.StructField("id", T.IntegerType()), T.StructField("v", T.DoubleType()),
                        T.StructField("shard", T.IntegerType())])
@@ -85,7 +85,7 @@ def test_row_count_of_a_version_comes_from_the_log(spark, lake_root):
     path = str(lake_root / "t")
     spark.createDataFrame([(i, float(i), i % 3) for i in range(7)], SCHEMA).write.format("delta").save(path)
     spark.createDataFrame([(9, 9.0, 0)], SCHEMA).write.format("delta").mode("append").save(path)
-    assert (delta_io.row_count(path, 0), delta_io.row_count(path, 1)) == (7, 8)
+    assert (delta_log.row_count(path, 0), delta_log.row_count(path, 1)) == (7, 8)
 
 
 def test_a_conflict_is_retried_and_any_other_error_is_not(spark):
@@ -121,7 +121,7 @@ def test_optimize_compacts_without_changing_content(spark, lake_root):
     version = delta_io.optimize(spark, path)
     assert versions(spark, path)[-1] == (version, "OPTIMIZE")
     assertDataFrameEqual(delta_io.read_version(spark, path, version), before)
-    assert len(delta_io.snapshot_files(path, version)) == 1
+    assert len(delta_log.snapshot_files(path, version)) == 1
 
 
 def test_optimize_with_cluster_columns_orders_the_files_by_them(spark, lake_root):

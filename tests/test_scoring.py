@@ -10,8 +10,9 @@ from pyspark.testing import assertDataFrameEqual
 
 import infer_data as D
 from shardlake import quantize
-from shardlake.models.tabular import build_model, save_model
-from shardlake.scoring import PREDICTION, SCORE, TabularModel, build_scoring_model, score_frame
+from shardlake.models.tabular import WEIGHTS_FILE, build_model, save_model
+from shardlake.scoring import (PREDICTION, SCORE, ModelMismatchError, TabularModel, build_scoring_model,
+                               load_registered, score_frame)
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +138,25 @@ def test_map_task_device(addresses, cuda_devices, partition, expected):
     from shardlake.scoring import device_for_task
 
     assert device_for_task(addresses, cuda_devices, partition) == expected
+
+
+def _card_of(folder, **extra) -> dict:
+    return {"model_version": "m", "model_dir": str(folder), "model_spec": D.spec("binary").to_dict(), **extra}
+
+
+def test_a_registered_model_whose_weights_match_its_card_loads(saved):
+    import hashlib
+
+    digest = hashlib.sha256((saved / WEIGHTS_FILE).read_bytes()).hexdigest()
+    assert load_registered(_card_of(saved, weights_sha256=digest)).weights == (saved / WEIGHTS_FILE).read_bytes()
+
+
+def test_a_registered_model_whose_weights_changed_after_registration_is_refused(tmp_path):
+    import hashlib
+
+    save_model(build_model(D.spec("binary"), seed=5), tmp_path)
+    card = _card_of(tmp_path, weights_sha256=hashlib.sha256((tmp_path / WEIGHTS_FILE).read_bytes()).hexdigest())
+    save_model(build_model(D.spec("binary"), seed=6), tmp_path)  # another run's weights, same spec
+    with pytest.raises(ModelMismatchError, match="weights' sha256 differs"):
+        load_registered(card)
+

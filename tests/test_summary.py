@@ -1,4 +1,4 @@
-"""The reduce stage's transforms: combinable per-shard aggregates, the summary, drift, lineage, incremental keys."""
+"""The reduce stage's transforms: combinable per-shard aggregates, the summary, drift, lineage."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,6 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
-from shardlake.transforms import incremental as I
 from shardlake.transforms import summary as S
 
 SCHEMA = T.StructType([T.StructField("id", T.IntegerType()), T.StructField("shard", T.IntegerType()),
@@ -176,18 +175,9 @@ def test_lineage_stamps_the_given_logical_date_and_versions(spark):
     assertDataFrameEqual(stamped, expected.withColumn("logical_date", F.to_date("logical_date")))
 
 
-def test_unscored_keeps_only_keys_without_a_prediction_of_that_model(spark):
-    source = spark.createDataFrame([(1, "a", 1.0), (2, "b", 2.0), (3, None, 3.0), (4, "d", 4.0)],
-                                   "k int, c string, x double")
-    predictions = spark.createDataFrame([(1, "a", "m1"), (3, None, "m1"), (4, "d", "m2")],
-                                        "k int, c string, model_version string")
-    expected = spark.createDataFrame([(2, "b", 2.0), (4, "d", 4.0)], "k int, c string, x double")
-    assertDataFrameEqual(I.unscored(source, predictions, ["k", "c"], "m1"), expected)
+def test_the_reduce_stage_transforms_load_without_torch():
+    import subprocess
+    import sys
 
-
-def test_for_source_keeps_the_model_predictions_of_keys_still_in_the_table(spark):
-    source = spark.createDataFrame([(1, 1.0), (2, 2.0)], "k int, x double")
-    predictions = spark.createDataFrame([(1, 0.1, "m1"), (2, 0.2, "m2"), (9, 0.9, "m1")],
-                                        "k int, score double, model_version string")
-    expected = spark.createDataFrame([(1, 0.1, "m1")], "k int, score double, model_version string")
-    assertDataFrameEqual(I.for_source(predictions, source, ["k"], "m1"), expected)
+    code = "import sys, shardlake.transforms.summary, shardlake.transforms.incremental; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

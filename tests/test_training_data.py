@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 from pyspark.sql import functions as F
 
-from shardlake import delta_io
+from shardlake import delta_io, delta_log
 from shardlake.config import load_config
 from shardlake.lake import Lake
 from shardlake.models.tabular import ModelSpec
@@ -54,7 +54,7 @@ def train_ids(frame) -> Counter:
 
 
 def test_every_training_row_is_delivered_exactly_once_per_epoch_across_ranks(spark, versions):
-    files = delta_io.snapshot_files(versions["path"], 0, [("split", "=", "train")])
+    files = delta_log.snapshot_files(versions["path"], 0, [("split", "=", "train")])
     assert len(files) == 3  # uneven: two ranks share three row groups
     for epoch in range(2):
         got = Counter(delivered_ids(files, 0, 2, seed=epoch) + delivered_ids(files, 1, 2, seed=epoch))
@@ -62,12 +62,12 @@ def test_every_training_row_is_delivered_exactly_once_per_epoch_across_ranks(spa
 
 
 def test_ranks_read_disjoint_shares(spark, versions):
-    files = delta_io.snapshot_files(versions["path"], 0, [("split", "=", "train")])
+    files = delta_log.snapshot_files(versions["path"], 0, [("split", "=", "train")])
     assert not set(delivered_ids(files, 0, 2, seed=0)) & set(delivered_ids(files, 1, 2, seed=0))
 
 
 def test_with_fewer_row_groups_than_ranks_rank_zero_reads_everything(spark, versions):
-    files = delta_io.snapshot_files(versions["path"], 0, [("split", "=", "train")])
+    files = delta_log.snapshot_files(versions["path"], 0, [("split", "=", "train")])
     assert row_group_count(files) < 4
     assert [shard_for(files, rank, 4) for rank in (0, 3)] == [(files, 0, 1), ([], 0, 1)]
 
@@ -95,24 +95,24 @@ def test_a_plan_has_each_splits_files_of_that_version(spark, versions):
 
 
 def test_the_same_seed_gives_the_same_order(spark, versions):
-    files = delta_io.snapshot_files(versions["path"], 0, [("split", "=", "train")])
+    files = delta_log.snapshot_files(versions["path"], 0, [("split", "=", "train")])
     assert delivered_ids(files, 0, 1, seed=5) == delivered_ids(files, 0, 1, seed=5)
 
 
 def test_two_reader_threads_deliver_every_row_exactly_once(spark, versions):
     # Only loader_workers=1 promises a reproducible order (threads finish row groups in any order).
-    files = delta_io.snapshot_files(versions["path"], 0, [("split", "=", "train")])
+    files = delta_log.snapshot_files(versions["path"], 0, [("split", "=", "train")])
     train = versions[0][versions[0].split == "train"]
     assert sorted(delivered_ids(files, 0, 1, seed=5, workers=2)) == sorted(train.row_id.tolist())
 
 
 def test_another_epoch_seed_gives_another_order(spark, versions):
-    files = delta_io.snapshot_files(versions["path"], 0, [("split", "=", "train")])
+    files = delta_log.snapshot_files(versions["path"], 0, [("split", "=", "train")])
     assert delivered_ids(files, 0, 1, seed=1) != delivered_ids(files, 0, 1, seed=2)
 
 
 def test_the_shuffle_window_mixes_rows_of_different_files(spark, versions):
-    files = delta_io.snapshot_files(versions["path"], 0, [("split", "=", "train")])
+    files = delta_log.snapshot_files(versions["path"], 0, [("split", "=", "train")])
     train = versions[0][versions[0].split == "train"]
     shard_of = dict(zip(train.row_id, train.shard))
     first_batch = delivered_ids(files, 0, 1, seed=0, shuffle_buffer=10_000)[:64]
@@ -120,13 +120,13 @@ def test_the_shuffle_window_mixes_rows_of_different_files(spark, versions):
 
 
 def test_batches_have_the_requested_size_except_the_last(spark, versions):
-    files = delta_io.snapshot_files(versions["path"], 0, [("split", "=", "train")])
+    files = delta_log.snapshot_files(versions["path"], 0, [("split", "=", "train")])
     sizes = [len(target) for _, _, target in batches(files, ID_SPEC, "delayed", 100, seed=0)]
     assert set(sizes[:-1]) == {100} and 0 < sizes[-1] <= 100
 
 
 def test_a_reader_failure_reaches_the_training_loop(spark, versions, tmp_path):
-    files = delta_io.snapshot_files(versions["path"], 0, [("split", "=", "train")])
+    files = delta_log.snapshot_files(versions["path"], 0, [("split", "=", "train")])
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(Path(files[0].removeprefix("file://")).read_bytes()[:-100])  # a torn file
     with pytest.raises(pa.ArrowInvalid, match="footer"):  # raised in the prefetch thread, re-raised here
@@ -134,7 +134,7 @@ def test_a_reader_failure_reaches_the_training_loop(spark, versions, tmp_path):
 
 
 def test_labels_arrive_with_their_rows(spark, versions):
-    files = delta_io.snapshot_files(versions["path"], 0, [("split", "=", "train")])
+    files = delta_log.snapshot_files(versions["path"], 0, [("split", "=", "train")])
     label_of = dict(zip(versions[0].row_id, versions[0].delayed))
     pairs = [(int(i), float(y)) for numeric, _, target in batches(files, ID_SPEC, "delayed", 64, seed=0)
              for i, y in zip(numeric[:, 0], target)]

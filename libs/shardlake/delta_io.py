@@ -297,15 +297,6 @@ def merge_counts(spark: SparkSession, path: str, version: int | None) -> dict[st
     return {what: int(metrics.get(name, 0)) for what, name in names.items()}
 
 
-def row_count(path: str, version: int) -> int:
-    """Rows in one table version, summed from the Delta log's file statistics (no data file read)."""
-    import pyarrow as pa
-    from deltalake import DeltaTable as RsDeltaTable
-
-    actions = pa.table(RsDeltaTable(path, version=version).get_add_actions(flatten=True))
-    if actions.num_rows and actions.column("num_records").null_count:
-        raise ValueError(f"{path}@{version}: some data files carry no row count statistics")
-    return int(sum(actions.column("num_records").to_pylist())) if actions.num_rows else 0
 
 
 class UndoError(RuntimeError):
@@ -353,16 +344,4 @@ def partition_row_counts(spark: SparkSession, path: str, version: int, column: s
         return counts
     rows = read_version(spark, path, version).groupBy(column).count().collect()
     return {str(r[column]): int(r["count"]) for r in rows}
-
-
-def snapshot_files(path: str, version: int,
-                   partition_filters: Sequence[tuple[str, str, str]] | None = None) -> list[str]:
-    """Exact data files of one table version (optionally one partition), via the Delta log.
-
-    A Delta folder also holds files that later versions removed (until VACUUM), so readers such as
-    Petastorm must get this list, never the bare folder.
-    """
-    from deltalake import DeltaTable as RsDeltaTable
-
-    table = RsDeltaTable(path, version=version)
-    return sorted(table.file_uris(partition_filters=list(partition_filters) if partition_filters else None))
+from shardlake.delta_log import snapshot_files  # noqa: E402,F401  TEMP until train.py moves

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from shardlake import delta_io
+from shardlake import delta_io, delta_log
 from shardlake.config import DatasetSpec
 from shardlake.transforms import clean as C
 
@@ -123,7 +123,7 @@ def rebuild(spark: SparkSession, path: str, spec: DatasetSpec, constraints: Mapp
     rebuild while no ingest writes the table).
     """
     read_at = delta_io.latest_version(spark, path)
-    rows_before = delta_io.row_count(path, read_at)
+    rows_before = delta_log.row_count(path, read_at)
     view = f"_shardlake_rebuild_{spec.name}"
     relaid(delta_io.read_version(spark, path, read_at), spec).createOrReplaceTempView(view)
     properties = {**{f"{delta_io.CONSTRAINT_PREFIX}{k.lower()}": v for k, v in constraints.items()},
@@ -135,7 +135,7 @@ def rebuild(spark: SparkSession, path: str, spec: DatasetSpec, constraints: Mapp
             version = delta_io.own_commit(spark, path, read_at)
     finally:
         spark.catalog.dropTempView(view)
-    if version != read_at + 1 or delta_io.row_count(path, version) != rows_before:
+    if version != read_at + 1 or delta_log.row_count(path, version) != rows_before:
         if version is not None:
             delta_io.undo_commit(spark, path, version)
         raise RebuildError(f"{path}: another commit came between the rebuild's read (version {read_at}) and its "

@@ -64,3 +64,15 @@ def binned_histogram(edges: Sequence[float], counts_by_label: Mapping[str, Seque
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def score_series(sample, label: str | None, kind: str, score: str = "score") -> dict:
+    """The score plot's series from a pandas sample: scores by label value (binary), or predictions
+    beside labels (regression), or all scores when there is no label."""
+    if label is None:
+        return {"all rows": sample[score]}
+    if kind == "binary":
+        labelled = sample[sample[label].notna()]
+        return {f"{label}={int(v)}": labelled.loc[labelled[label] == v, score]
+                for v in sorted(labelled[label].unique())}
+    return {"prediction": sample[score], f"actual {label}": sample[label].dropna()}

@@ -87,7 +87,15 @@ def production_model(spark: SparkSession, registry_path: str, dataset: str) -> M
 
 
 def model_card(spark: SparkSession, registry_path: str, model_version: str) -> Mapping | None:
+    """Card of one model version, if registered."""
     if not delta_io.table_exists(spark, registry_path):
         return None
     row = delta_io.read_version(spark, registry_path).where(F.col("model_version") == model_version).first()
     return json.loads(row["card_json"]) if row else None
+
+
+def card_for(spark: SparkSession, registry_path: str, dataset: str, model_version: str | None) -> Mapping | None:
+    """Card of ``model_version`` when one is named, else of the dataset's production model; None if absent."""
+    if model_version:
+        return model_card(spark, registry_path, model_version)
+    return production_model(spark, registry_path, dataset)

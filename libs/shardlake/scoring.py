@@ -7,7 +7,7 @@ cost over half the stage's time on the benchmark.)
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +17,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from shardlake.models.tabular import SPEC_FILE, WEIGHTS_FILE, ModelSpec
+from shardlake.predictions import PREDICTION, SCORE
 
-PREDICTION = "prediction"
-SCORE = "score"
+__all__ = ["PREDICTION", "SCORE", "ModelMismatchError", "TabularModel", "load_registered"]
 
 
 class InjectedFailure(RuntimeError):
@@ -206,3 +206,30 @@ class TabularModel:
         weights = df.sparkSession.sparkContext.broadcast(self.weights)
         scorer = _scorer(self.spec.to_dict(), weights, batch_size, passthrough, threshold, quantize, fail_on_partition)
         return df.select(*[F.col(c) for c in columns]).mapInArrow(scorer, schema)
+
+
+class ModelMismatchError(ValueError):
+    """A model folder that no longer holds what its registry card recorded."""
+
+
+def load_registered(card: Mapping) -> TabularModel:
+    """The card's model from its folder, refused when the folder's spec or weights are not the ones recorded.
+
+    The spec carries the feature statistics and the weights are the model: a folder overwritten
+    by another run (or by hand) after registration would otherwise score silently with something
+    the card does not describe. Cards written before training recorded ``weights_sha256`` are
+    checked on the spec only.
+    """
+    from shardlake.models.tabular import weights_digest
+
+    folder = Path(card["model_dir"])
+    model = TabularModel.load(folder, card["model_version"])
+    recorded = card.get("model_spec")
+    if recorded is not None and {k: recorded.get(k) for k in model.spec.to_dict()} != model.spec.to_dict():
+        raise ModelMismatchError(f"{folder}: the saved model spec differs from the one on the model card of "
+                                 f"{card['model_version']}; the folder was changed after registration")
+    digest = card.get("weights_sha256")
+    if digest is not None and weights_digest(folder) != digest:
+        raise ModelMismatchError(f"{folder / WEIGHTS_FILE}: the weights' sha256 differs from the one on the model "
+                                 f"card of {card['model_version']}; the folder was changed after registration")
+    return model

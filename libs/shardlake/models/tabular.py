@@ -7,6 +7,7 @@ transform the model was trained with. The architecture is chosen by ``ModelSpec.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ from torch import nn
 WEIGHTS_FILE = "model.safetensors"
 SPEC_FILE = "model_spec.json"
 KINDS = ("binary", "regression")
+DIGEST_CHUNK = 1 << 20  # bytes hashed at a time: weights files can be far larger than wanted in memory
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,16 @@ def model_from_bytes(spec: ModelSpec, weights: bytes, device: str | torch.device
     model = build_model(spec)
     model.load_state_dict(load(weights))
     return model.to(device).eval()
+
+
+def weights_digest(folder: Path) -> str:
+    """SHA-256 (hex) of a saved model's weights file: cards record it so a scorer can tell that the
+    weights it loads are the ones that were trained and evaluated."""
+    digest = hashlib.sha256()
+    with (folder / WEIGHTS_FILE).open("rb") as weights:
+        for chunk in iter(lambda: weights.read(DIGEST_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_weights_file(path: Path) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from shardlake import delta_io
+from shardlake import delta_io, delta_log
 from shardlake.config import DatasetSpec
 from shardlake.transforms import clean as C
 from shardlake.transforms import keys as K
@@ -91,7 +91,7 @@ def check_commit(spark: SparkSession, path: str, written: Written) -> None:
                                   f"{written.updated} to update, but the MERGE made no commit")
         return
     recorded = delta_io.merge_counts(spark, path, written.version)
-    grown = delta_io.row_count(path, written.version) - delta_io.row_count(path, written.version - 1)
+    grown = delta_log.row_count(path, written.version) - delta_log.row_count(path, written.version - 1)
     meant = {"inserted": written.inserted, "updated": written.updated, "deleted": 0}
     if recorded != meant or grown != written.inserted:
         raise AccountingError(f"accounting mismatch: {path}: meant {meant}, but Delta version {written.version} "
@@ -125,7 +125,7 @@ def write_clean(spark: SparkSession, path: str, candidates: DataFrame, spec: Dat
 
     def attempt() -> Written:
         version = delta_io.latest_version(spark, path)
-        if delta_io.row_count(path, version) == 0:
+        if delta_log.row_count(path, version) == 0:
             return _first_load(spark, path, candidates, table_columns, spec, expected_rows, outcome)
         attempt_stack = ExitStack()
         table = delta_io.read_version(spark, path, version)

@@ -1,40 +1,50 @@
-"""Which source rows a model version still has to score, and which predictions describe a table version."""
+"""Which source rows a model version still has to score, and which predictions describe a table version.
+
+A prediction is matched to a source row by key and by the row's content hash (the clean table's
+``_row_hash``, carried on each prediction as ``source_row_hash``): a row the ingest changed in
+place has a new hash, so it counts as not scored yet.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 
-def _key_match(key: Sequence[str], left: str, right: str):
-    """Null-safe equality on every key column (the MERGE matches keys the same way)."""
-    condition = F.lit(True)
+def _row_match(key: Sequence[str], hashes: tuple[str, str], left: str, right: str) -> Column:
+    """Null-safe equality on every key column (the MERGE matches keys the same way), and equal hashes.
+
+    A missing hash (a prediction written before predictions carried one) matches nothing.
+    """
+    condition = F.col(f"{left}.{hashes[0]}") == F.col(f"{right}.{hashes[1]}")
     for column in key:
         condition = condition & F.col(f"{left}.{column}").eqNullSafe(F.col(f"{right}.{column}"))
     return condition
 
 
-def unscored(source: DataFrame, predictions: DataFrame, key: Sequence[str], model_version: str) -> DataFrame:
-    """Source rows whose key has no prediction from ``model_version`` yet: what an incremental run scores.
+def unscored(source: DataFrame, predictions: DataFrame, key: Sequence[str], model_version: str,
+             source_hash: str, prediction_hash: str) -> DataFrame:
+    """Source rows that ``model_version`` has no prediction of, as they are now: new keys and changed rows.
 
     An anti-join against the predictions table rather than a diff of source versions, so a run
     that died before its commit, or a skipped day, is caught up by the next run.
     """
-    done = predictions.where(F.col("model_version") == F.lit(model_version)).select(*[F.col(k) for k in key])
+    done = predictions.where(F.col("model_version") == F.lit(model_version)).select(*key, prediction_hash)
     return (source.alias("s")
-            .join(done.alias("p"), on=_key_match(key, "s", "p"), how="left_anti")
+            .join(done.alias("p"), on=_row_match(key, (source_hash, prediction_hash), "s", "p"), how="left_anti")
             .select(*[F.col(f"s.{c}").alias(c) for c in source.columns]))
 
 
-def for_source(predictions: DataFrame, source: DataFrame, key: Sequence[str], model_version: str) -> DataFrame:
-    """The model version's predictions for exactly the keys in ``source`` (one table version).
+def for_source(predictions: DataFrame, source: DataFrame, key: Sequence[str], model_version: str,
+               source_hash: str, prediction_hash: str) -> DataFrame:
+    """The model version's predictions of exactly the rows in ``source`` (one table version).
 
-    Rows scored by an earlier run from an earlier version count when their key is still there;
-    keys that have left the table do not.
+    Rows scored by an earlier run from an earlier version count when the row is still there
+    unchanged; keys that have left the table, and predictions of a row's older content, do not.
     """
-    keys = source.select(*[F.col(k) for k in key])
+    rows = source.select(*key, source_hash)
     mine = predictions.where(F.col("model_version") == F.lit(model_version))
     return (mine.alias("p")
-            .join(keys.alias("s"), on=_key_match(key, "p", "s"), how="left_semi")
+            .join(rows.alias("s"), on=_row_match(key, (prediction_hash, source_hash), "p", "s"), how="left_semi")
             .select(*[F.col(f"p.{c}").alias(c) for c in predictions.columns]))

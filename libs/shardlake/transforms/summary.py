@@ -14,7 +14,7 @@ import numpy as np
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from shardlake.scoring import PREDICTION, SCORE
+from shardlake.predictions import PREDICTION, SCORE
 
 BUCKETS = 1000
 # Metrics compared with the model card's test metrics, and how the tolerance applies to each:

@@ -1,0 +1,58 @@
+"""A Delta table's log read without Spark (delta-rs): versions, commits, exact files, row counts.
+
+A driver that only needs to know what a version holds or which commit is its own should not
+start a Spark job for it: the log already says, and reading it costs milliseconds.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def newest_version(path: str) -> int | None:
+    """Newest version of a Delta table, or None when there is none."""
+    from deltalake import DeltaTable as RsDeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        return RsDeltaTable(path).version()
+    except TableNotFoundError:
+        return None
+
+
+def find_commit(path: str, after: int | None, token: str) -> dict | None:
+    """The commit after version ``after`` whose metadata carries ``token`` (another writer may have committed too).
+
+    None when the writer committed nothing: Delta skips the commit of a MERGE that inserts and
+    updates no row.
+    """
+    from deltalake import DeltaTable as RsDeltaTable
+
+    table = RsDeltaTable(path)
+    for entry in table.history(table.version() - (after if after is not None else -1)):
+        if token in (entry.get("userMetadata") or ""):
+            return entry
+    return None
+
+
+def row_count(path: str, version: int) -> int:
+    """Rows in one table version, summed from the Delta log's file statistics (no data file read)."""
+    import pyarrow as pa
+    from deltalake import DeltaTable as RsDeltaTable
+
+    actions = pa.table(RsDeltaTable(path, version=version).get_add_actions(flatten=True))
+    if actions.num_rows and actions.column("num_records").null_count:
+        raise ValueError(f"{path}@{version}: some data files carry no row count statistics")
+    return int(sum(actions.column("num_records").to_pylist())) if actions.num_rows else 0
+
+
+def snapshot_files(path: str, version: int,
+                   partition_filters: Sequence[tuple[str, str, str]] | None = None) -> list[str]:
+    """Exact data files of one table version (optionally one partition), via the Delta log.
+
+    A Delta folder also holds files that later versions removed (until VACUUM), so readers such as
+    Petastorm must get this list, never the bare folder.
+    """
+    from deltalake import DeltaTable as RsDeltaTable
+
+    table = RsDeltaTable(path, version=version)
+    return sorted(table.file_uris(partition_filters=list(partition_filters) if partition_filters else None))
