@@ -20,6 +20,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from shardlake import delta_log
+
 CONSTRAINT_PREFIX = "delta.constraints."
 
 
@@ -173,7 +175,7 @@ def _ensure_table(spark, path, schema, partition_by, constraints, allow_evolutio
 
 def is_empty(spark: SparkSession, path: str) -> bool:
     """True when the table's latest snapshot holds no row (from the log's statistics: no job, no scan)."""
-    return row_count(path, latest_version(spark, path)) == 0
+    return delta_log.row_count(path, latest_version(spark, path)) == 0
 
 
 @contextmanager
@@ -344,4 +346,3 @@ def partition_row_counts(spark: SparkSession, path: str, version: int, column: s
         return counts
     rows = read_version(spark, path, version).groupBy(column).count().collect()
     return {str(r[column]): int(r["count"]) for r in rows}
-from shardlake.delta_log import snapshot_files  # noqa: E402,F401  TEMP until train.py moves
