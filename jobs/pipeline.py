@@ -11,6 +11,7 @@ from jobs import common
 from jobs.versioning import code_version
 from shardlake.reporting import print_infer, print_ingest
 from shardlake.stages import train
+from shardlake.stages.gate import run_gate
 from shardlake.stages.infer import run_infer
 from shardlake.stages.ingest import run_ingest
 
@@ -35,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     _, card = train.fit(spark, lake, config, code_version(), log=console.print)
-    promoted = train.promote_if_good(spark, lake, card, config.train.promote_threshold)
+    gate = run_gate(spark, lake, config.dataset, config.train, card["model_version"], config.infer.batch_size)
     timings["train"] = time.monotonic() - started
     console.print(f"model {card['model_version']}: validation {card['metric_name']} {card['validation_metric']:.4f}, "
-                  f"test {card['test_metrics']}; promoted to production: {promoted}")
+                  f"test {card['test_metrics']}; promoted to production: {gate.promoted} ({gate.reason})")
     console.print(f"training curve: {card['model_dir']}/training_curve.png")
 
     started = time.monotonic()

@@ -8,14 +8,17 @@ from rich.console import Console
 from jobs import common
 from jobs.versioning import code_version
 from shardlake.stages import train
+from shardlake.stages.gate import run_gate
 
 
 def main(argv: list[str] | None = None) -> int:
     """Train on the clean table (one exact version) with the configured backend; register the model."""
     p = common.parser("Train a model on the clean Delta table with Petastorm and Horovod-on-Spark "
                       "(or TorchDistributor: train.backend=torch_distributor).")
-    p.add_argument("--run-id", default=None, help="resume or name a run (default: derived from config + table version)")
-    p.add_argument("--promote", action="store_true", help="promote to production if the metric meets the threshold")
+    p.add_argument("--run-id", default=None,
+                   help="resume or name a run (default: derived from config, table version and code version)")
+    p.add_argument("--promote", action="store_true",
+                   help="run the promotion gate on the new model (as jobs/promote.py: against production, same test rows)")
     p.add_argument("--json", action="store_true", help="print the model card summary as JSON")
     args = p.parse_args(argv)
     config = common.load(args)
@@ -26,8 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     except train.TrainingError as err:
         console.print(f"[red]training failed:[/red] {err}")
         return 1
-    promoted = train.promote_if_good(spark, lake, card, config.train.promote_threshold) if args.promote else False
-    result = {**train.summary(card), "promoted": promoted}
+    result = train.summary(card)
+    if args.promote:
+        decision = run_gate(spark, lake, config.dataset, config.train, card["model_version"], config.infer.batch_size)
+        result.update(promoted=decision.promoted, gate=decision.to_dict())
     print(json.dumps(result, default=str) if args.json else json.dumps(result, indent=2, default=str))
     return 0
 

@@ -57,7 +57,7 @@ def save(lake: Lake, dataset: str, name: str, kind: str = "binary", seed: int = 
 
 
 def register_model(spark: SparkSession, lake: Lake, dataset: str, name: str, kind: str = "binary",
-                   test_metrics: dict | None = None, seed: int = 3) -> dict:
+                   test_metrics: dict | None = None, seed: int = 3, reference: dict | None = None) -> dict:
     """Save (unless saved already) and register a model like training does; returns its card."""
     folder = lake.model_dir(dataset, name)
     if not folder.exists():
@@ -66,7 +66,7 @@ def register_model(spark: SparkSession, lake: Lake, dataset: str, name: str, kin
     card = {"model_version": name, "dataset": dataset, "table_path": lake.table(dataset, "clean"),
             "table_version": 0, "metric_name": "auc" if kind == "binary" else "rmse", "validation_metric": 0.7,
             "model_dir": str(folder), "model_spec": model_spec.to_dict(),
-            "test_metrics": test_metrics if test_metrics is not None else {}}
+            "test_metrics": test_metrics if test_metrics is not None else {}, "reference": reference or {}}
     (folder / "card.json").write_text(json.dumps(card))
     registry.register(spark, lake.registry(), card)
     return card

@@ -18,8 +18,9 @@ from pyspark.testing import assertDataFrameEqual
 import infer_data as D
 from shardlake import delta_io
 from shardlake.lake import Lake
-from shardlake.scoring import PREDICTION, SCORE
+from shardlake.scoring import PREDICTION, SCORE, TabularModel
 from shardlake.stages.infer import PLOT_FILE, REPORT_FILE, InferenceError, load_model, run_infer
+from shardlake.stages.reference import training_reference
 
 BINARY_TEST_METRICS = {"auc": 0.95, "accuracy": 0.5}  # AUC far above what random weights reach: drift
 
@@ -87,19 +88,20 @@ def test_report_counts_the_rows_scored_and_inserted(full_run):
     assert report.summary[0]["scope"] == "overall" and report.summary[0]["rows"] == 160
 
 
-def test_drift_beyond_tolerance_against_the_card_is_flagged_and_stored(spark, lake, full_run):
+def test_drift_of_rows_new_to_the_model_beyond_tolerance_is_flagged_and_stored(spark, lake, full_run):
+    # The card's model was trained on another table ('flights'): every row of 'full' is new to it.
     report = full_run["report"]
     assert "auc" in report.drift and report.drift["auc"]["at_test"] == BINARY_TEST_METRICS["auc"]
     stored = (delta_io.read_version(spark, lake.table("full", "inference_summary"))
               .where(F.col("scope") == "overall").first())
-    assert json.loads(stored["drift_json"])["auc"]["drifted"] is True
+    assert json.loads(stored["drift_json"])["new_rows"]["auc"]["drifted"] is True
 
 
 def test_summary_table_holds_one_row_per_shard_and_overall(spark, lake, full_run):
     summary = delta_io.read_version(spark, lake.table("full", "inference_summary"))
     lineage = ("mb", 0, dt.date(2024, 1, 1))
     expected = spark.createDataFrame(
-        [(*lineage, "overall", 160), *[(*lineage, f"shard={s}", 40) for s in range(4)]],
+        [(*lineage, "overall", 160), (*lineage, "cohort=new", 160), *[(*lineage, f"shard={s}", 40) for s in range(4)]],
         "model_version string, source_version long, logical_date date, scope string, rows long")
     # Every row, not a dict by scope: a scope written twice fails here.
     assertDataFrameEqual(summary.select("model_version", "source_version", "logical_date", "scope", "rows"),
@@ -235,20 +237,67 @@ def test_rerun_after_a_failure_completes_the_table(spark, failed_run):
     assertDataFrameEqual(_predictions(spark, lake, "fail"), expected, rtol=1e-6)
 
 
-def test_regression_model_is_summarised_with_rmse_and_mae(spark, own_lake):
+def test_regression_drift_is_judged_on_the_rows_added_after_the_training_version(spark, own_lake):
     lake = own_lake
-    data = D.rows(120, seed=5)
-    D.write_clean(spark, lake, "reg", data)
-    error = D.in_process_scores(D.save(lake, "reg", "mr", "regression"), data) - data["arr_delay"].to_numpy()
+    trained_on, new = D.rows(10, seed=5), D.rows(120, start=3000, seed=5)
+    D.write_clean(spark, lake, "reg", trained_on)  # v0: the version the card says the model was trained on
+    version = D.write_clean(spark, lake, "reg", new)
+    error = D.in_process_scores(D.save(lake, "reg", "mr", "regression"), new) - new["arr_delay"].to_numpy()
     rmse, mae = np.sqrt(np.mean(error ** 2)), np.mean(np.abs(error))
-    # On the card: an RMSE 2% off (within the 5% relative tolerance) and an MAE half of today's (drift).
-    card = D.register_model(spark, lake, "reg", "mr", "regression", {"rmse": rmse * 1.02, "mae": mae / 2})
+    # On the card: an RMSE 2% worse than today's (better now: no drift), an MAE half of today's (drift).
+    D.register_model(spark, lake, "reg", "mr", "regression", {"rmse": rmse * 1.02, "mae": mae / 2})
 
     report = run_infer(spark, lake, D.config(lake, "reg", kind="regression"), "2024-01-01", model_version="mr")
 
-    overall = report.summary[0]
-    assert (overall["rmse"], overall["mae"]) == (pytest.approx(rmse), pytest.approx(mae))
-    assert list(report.drift) == ["mae"] and card["model_version"] == report.model_version
+    compared = report.comparison["new_rows"]
+    assert (compared["rmse"]["now"], compared["mae"]["now"], compared["mae"]["rows"]) == (
+        pytest.approx(rmse), pytest.approx(mae), 120)
+    assert (list(report.drift), report.source_version) == (["mae"], version)
+
+
+def _split_table(spark, lake: Lake, dataset: str, data) -> None:
+    """A clean table v0 whose every fourth flight is in the test split."""
+    split = F.when(F.col("flight") % 4 == 0, F.lit("test")).otherwise(F.lit("train"))
+    D.frame(spark, data).withColumn("split", split).write.format("delta").save(lake.table(dataset, "clean"))
+
+
+def test_on_the_training_version_the_test_split_must_reproduce_the_card(spark, own_lake):
+    data = D.rows(200, seed=12)
+    _split_table(spark, own_lake, "sane", data)
+    test = data[data["flight"] % 4 == 0]
+    scores = D.in_process_scores(D.save(own_lake, "sane", "ms"), test)
+    card_metrics = {"accuracy": float(np.mean((scores >= 0.5) == test["delayed"].to_numpy()))}
+    D.register_model(spark, own_lake, "sane", "ms", test_metrics=card_metrics)
+
+    report = run_infer(spark, own_lake, D.config(own_lake, "sane"), "2024-01-01", model_version="ms")
+
+    assert (report.comparison["sanity"]["accuracy"]["now"], report.sanity_failed) == (
+        pytest.approx(card_metrics["accuracy"]), {})
+    assert "new_rows" not in report.comparison  # the rows it was trained on say nothing about drift
+
+
+def test_a_card_whose_test_metrics_the_test_split_does_not_reproduce_fails_the_sanity_check(spark, own_lake):
+    _split_table(spark, own_lake, "insane", D.rows(200, seed=12))
+    D.register_model(spark, own_lake, "insane", "mi", test_metrics={"accuracy": 0.99})
+    report = run_infer(spark, own_lake, D.config(own_lake, "insane"), "2024-01-01", model_version="mi")
+    assert list(report.sanity_failed) == ["accuracy"]
+
+
+def test_a_feature_whose_distribution_moved_on_the_new_rows_is_flagged_and_the_others_are_not(spark, own_lake):
+    trained_on = D.rows(400, seed=13)
+    new = D.rows(400, start=6000, seed=13)
+    new["distance"] = new["distance"] + 1500.0  # longer flights than training ever saw
+    D.write_clean(spark, own_lake, "shift", trained_on)
+    D.write_clean(spark, own_lake, "shift", D.with_hash(new))
+    folder = D.save(own_lake, "shift", "mp")
+    reference = training_reference(TabularModel.load(folder, "mp"), D.frame(spark, trained_on), 512, 10_000)
+    D.register_model(spark, own_lake, "shift", "mp", reference=reference)
+
+    report = run_infer(spark, own_lake, D.config(own_lake, "shift"), "2024-01-02", model_version="mp")
+
+    assert report.comparison["distributions"]["distance"]["rows"] == 400
+    assert "distance" in report.distribution_drift
+    assert not {"sched_dep_hour", "origin"} & set(report.distribution_drift)
 
 
 def test_model_folder_changed_after_registration_is_refused(lake):

@@ -1,6 +1,7 @@
 """Tabular models: architectures from the spec, encoding, regression scale, safetensors artifacts, device choice."""
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 
@@ -10,8 +11,9 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
-from shardlake.models.tabular import (SPEC_FILE, WEIGHTS_FILE, ModelSpec, TabularLinear, TabularMLP, build_model,
-                                      default_device, device_for, encode, load_model, model_from_bytes, save_model)
+from shardlake.models.tabular import (DIGEST_CHUNK, SPEC_FILE, WEIGHTS_FILE, ModelSpec, TabularLinear, TabularMLP,
+                                      build_model, default_device, device_for, encode, load_model, model_from_bytes,
+                                      save_model, weights_digest)
 from shardlake.scoring import arrow_features
 from shardlake.transforms.stats import fit_feature_stats
 
@@ -110,6 +112,18 @@ def test_saved_weights_are_safetensors_with_a_json_spec(tmp_path):
     header = (tmp_path / WEIGHTS_FILE).read_bytes()[8:8 + header_length]
     assert header.startswith(b"{") and b'"mlp.0.weight"' in header
     assert ModelSpec.from_dict(json.loads((tmp_path / SPEC_FILE).read_text())) == spec()
+
+
+def test_the_weights_digest_is_the_sha256_of_the_saved_weights_file(tmp_path):
+    save_model(build_model(spec(), seed=3), tmp_path)
+    assert weights_digest(tmp_path) == hashlib.sha256((tmp_path / WEIGHTS_FILE).read_bytes()).hexdigest()
+
+
+def test_the_weights_digest_covers_every_chunk_of_a_large_file(tmp_path):
+    # Not a multiple of the chunk size, so the last read is a short one.
+    content = np.random.default_rng(0).bytes(2 * DIGEST_CHUNK + 12345)
+    (tmp_path / WEIGHTS_FILE).write_bytes(content)
+    assert weights_digest(tmp_path) == hashlib.sha256(content).hexdigest()
 
 
 class _Marker:

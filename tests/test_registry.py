@@ -1,4 +1,4 @@
-"""The model registry: a Delta table of model versions, their cards and stages; promotion by threshold.
+"""The model registry: a Delta table of model versions, their cards and stages; promotion and the gate's figures.
 
 One registry table for the module (creating a Delta table is the slow part); each test works in
 a dataset of its own, and promotion never reaches across datasets.
@@ -13,7 +13,6 @@ from pyspark.testing import assertDataFrameEqual
 
 from shardlake import delta_io, registry
 from shardlake.lake import Lake
-from shardlake.stages import train
 
 
 def card(version: str, metric: float, dataset: str, kind: str = "binary") -> dict:
@@ -53,24 +52,17 @@ def test_a_registered_model_is_a_candidate_with_its_card(spark, path, ds):
     assertDataFrameEqual(stages(spark, path, ds), expect(spark, [("m1", "candidate")]))
 
 
-def test_promotion_below_the_threshold_is_refused_and_the_model_stays_a_candidate(spark, path, ds):
-    registry.register(spark, path, card("m1", 0.55, ds))
-    with pytest.raises(registry.PromotionError, match="threshold 0.6"):
-        registry.promote(spark, path, f"{ds}-m1", threshold=0.6)
-    assertDataFrameEqual(stages(spark, path, ds), expect(spark, [("m1", "candidate")]))
-
-
 def test_promotion_demotes_the_previous_production_model(spark, path, ds):
     for version, metric in (("m1", 0.7), ("m2", 0.8)):
         registry.register(spark, path, card(version, metric, ds))
-        registry.promote(spark, path, f"{ds}-{version}", threshold=0.6)
+        registry.promote(spark, path, f"{ds}-{version}")
     assertDataFrameEqual(stages(spark, path, ds), expect(spark, [("m1", "archived"), ("m2", "production")]))
 
 
 def test_inference_gets_the_promoted_model_by_default(spark, path, ds):
     for version in ("m1", "m2", "m3"):
         registry.register(spark, path, card(version, 0.7, ds))
-    registry.promote(spark, path, f"{ds}-m2", threshold=0.6)
+    registry.promote(spark, path, f"{ds}-m2")
     assert registry.production_model(spark, path, ds)["model_version"] == f"{ds}-m2"
 
 
@@ -79,30 +71,42 @@ def test_there_is_no_production_model_before_a_promotion(spark, path, ds):
     assert registry.production_model(spark, path, ds) is None
 
 
-def test_for_rmse_a_model_must_be_at_or_below_the_threshold(spark, path, ds):
-    registry.register(spark, path, card("r1", 14.0, ds, kind="regression"))
-    registry.register(spark, path, card("r2", 11.0, ds, kind="regression"))
-    with pytest.raises(registry.PromotionError):
-        registry.promote(spark, path, f"{ds}-r1", threshold=12.0, higher_is_better=False)
-    registry.promote(spark, path, f"{ds}-r2", threshold=12.0, higher_is_better=False)
-    assertDataFrameEqual(stages(spark, path, ds), expect(spark, [("r1", "candidate"), ("r2", "production")]))
-
-
-def test_a_model_without_a_validation_metric_is_never_promoted(spark, path, ds):
-    registry.register(spark, path, card("m1", float("nan"), ds))
-    with pytest.raises(registry.PromotionError):
-        registry.promote(spark, path, f"{ds}-m1", threshold=0.0)
-
-
 def test_promoting_an_unknown_model_is_refused(spark, path, ds):
     registry.register(spark, path, card("m1", 0.7, ds))
     with pytest.raises(registry.PromotionError, match="not in the registry"):
-        registry.promote(spark, path, f"{ds}-nope", threshold=0.0)
+        registry.promote(spark, path, f"{ds}-nope")
+
+
+def test_a_promotion_against_a_champion_that_was_replaced_meanwhile_is_refused(spark, path, ds):
+    for version in ("m1", "m2", "m3"):
+        registry.register(spark, path, card(version, 0.7, ds))
+    registry.promote(spark, path, f"{ds}-m1")
+    registry.promote(spark, path, f"{ds}-m2")  # another gate's promotion, after m3's gate compared with m1
+    with pytest.raises(registry.PromotionError, match=f"became {ds}-m2 while the gate compared against {ds}-m1"):
+        registry.promote(spark, path, f"{ds}-m3", {"gate_metric": 0.8}, champion=f"{ds}-m1")
+    assertDataFrameEqual(stages(spark, path, ds),
+                         expect(spark, [("m1", "archived"), ("m2", "production"), ("m3", "candidate")]))
+
+
+def test_a_refusal_records_the_figures_and_leaves_the_stages(spark, path, ds):
+    registry.register(spark, path, card("m1", 0.7, ds))
+    registry.record_refusal(spark, path, f"{ds}-m1", {"gate_metric": 0.61, "champion_metric": 0.64,
+                                                      "champion_version": "x", "gate_table_version": 3})
+    row = delta_io.read_version(spark, path).where(F.col("model_version") == f"{ds}-m1").first()
+    assert (row["stage"], row["gate_metric"], row["champion_metric"], row["champion_version"]) == (
+        "candidate", 0.61, 0.64, "x")
+
+
+def test_the_latest_trained_model_of_a_config_and_code_is_the_one_on_the_newest_table_version(spark, path, ds):
+    for version, table_version, code in (("a", 3, "c1"), ("b", 5, "c1"), ("c", 7, "c2")):
+        registry.register(spark, path, {**card(version, 0.7, ds), "table_version": table_version,
+                                        "config_hash": "h", "code_version": code})
+    assert registry.latest_trained(spark, path, ds, "h", "c1") == f"{ds}-b"
 
 
 def test_registering_a_version_again_keeps_its_stage(spark, path, ds):
     registry.register(spark, path, card("m1", 0.7, ds))
-    registry.promote(spark, path, f"{ds}-m1", threshold=0.6)
+    registry.promote(spark, path, f"{ds}-m1")
     registry.register(spark, path, card("m1", 0.71, ds))
     assertDataFrameEqual(stages(spark, path, ds), expect(spark, [("m1", "production")]))
 
@@ -111,19 +115,9 @@ def test_promotion_in_one_dataset_leaves_another_datasets_production_model(spark
     other = f"{ds}-other"
     registry.register(spark, path, card("f1", 0.7, ds))
     registry.register(spark, path, card("w1", 0.7, other))
-    registry.promote(spark, path, f"{other}-w1", threshold=0.6)
-    registry.promote(spark, path, f"{ds}-f1", threshold=0.6)
+    registry.promote(spark, path, f"{other}-w1")
+    registry.promote(spark, path, f"{ds}-f1")
     assert registry.production_model(spark, path, other)["model_version"] == f"{other}-w1"
-
-
-def test_promote_if_good_reports_a_refusal_instead_of_raising(spark, lake, ds):
-    registry.register(spark, lake.registry(), card("m1", 0.5, ds))
-    assert train.promote_if_good(spark, lake, card("m1", 0.5, ds), threshold=0.6) is False
-
-
-def test_promote_if_good_judges_regression_cards_by_rmse_downwards(spark, lake, ds):
-    registry.register(spark, lake.registry(), card("r1", 11.0, ds, kind="regression"))
-    assert train.promote_if_good(spark, lake, card("r1", 11.0, ds, kind="regression"), threshold=12.0) is True
 
 
 def _at_once(*calls) -> None:
@@ -159,7 +153,7 @@ def test_two_promotions_at_once_in_two_datasets_both_land(spark, path, ds):
     other = f"{ds}-other"
     registry.register(spark, path, card("f1", 0.7, ds))
     registry.register(spark, path, card("w1", 0.7, other))
-    _at_once(lambda: registry.promote(spark, path, f"{ds}-f1", threshold=0.6),
-             lambda: registry.promote(spark, path, f"{other}-w1", threshold=0.6))
+    _at_once(lambda: registry.promote(spark, path, f"{ds}-f1"),
+             lambda: registry.promote(spark, path, f"{other}-w1"))
     assert [registry.production_model(spark, path, d)["model_version"] for d in (ds, other)] == [
         f"{ds}-f1", f"{other}-w1"]

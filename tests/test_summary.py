@@ -1,4 +1,4 @@
-"""The reduce stage's transforms: combinable per-shard aggregates, the summary, drift, lineage."""
+"""The reduce stage's transforms: combinable aggregates per group, the summary per scope, lineage."""
 from __future__ import annotations
 
 import numpy as np
@@ -65,14 +65,14 @@ def _binary_oracle(rows: pd.DataFrame) -> dict:
     labelled = rows["y"].notna().to_numpy()
     y, p = rows["y"].to_numpy()[labelled], prediction[labelled]
     tp, fp, fn = np.sum((p == 1) & (y == 1)), np.sum((p == 1) & (y == 0)), np.sum((p == 0) & (y == 1))
-    return {**expected, "label_rate": y.mean(), "accuracy": np.mean(p == y), "precision": tp / (tp + fp),
+    return {**expected, "labelled": int(labelled.sum()), "label_rate": y.mean(), "accuracy": np.mean(p == y), "precision": tp / (tp + fp),
             "recall": tp / (tp + fn), "auc": _pairwise_auc(y, score[labelled])}
 
 
 def _regression_oracle(rows: pd.DataFrame) -> dict:
     y, prediction = rows["y"].to_numpy(), rows["prediction"].to_numpy()
     error = prediction - y
-    return {**_distribution(rows["score"].to_numpy()), "label_mean": y.mean(),
+    return {**_distribution(rows["score"].to_numpy()), "labelled": len(y), "label_mean": y.mean(),
             "rmse": np.sqrt(np.mean(error ** 2)), "mae": np.mean(np.abs(error))}
 
 
@@ -90,6 +90,15 @@ def test_summary_has_the_overall_row_first_then_one_row_per_shard(spark):
     records = S.summarize(aggregates, "binary", labelled=True)
     assert [(r["scope"], r["rows"]) for r in records] == [("overall", 600), ("shard=0", 200), ("shard=1", 200),
                                                           ("shard=2", 200)]
+
+
+def test_summary_has_a_row_per_value_of_each_group(spark):
+    data = _binary().assign(split=lambda d: np.where(d["id"] % 5 == 0, "test", "train"))
+    frame = spark.createDataFrame(data, T.StructType([*SCHEMA.fields, T.StructField("split", T.StringType())]))
+    aggregates = [r.asDict() for r in S.shard_aggregates(frame, "y", "binary", ["shard", "split"]).collect()]
+    summary = {r["scope"]: r for r in S.summarize(aggregates, "binary", labelled=True, groups=["shard", "split"])}
+    assert sorted(summary) == ["overall", "shard=0", "shard=1", "shard=2", "split=test", "split=train"]
+    _assert_matches(summary["split=test"], _binary_oracle(data[data["split"] == "test"]), "split=test")
 
 
 def test_binary_summary_matches_direct_metrics_overall_and_per_shard(spark):
@@ -132,23 +141,6 @@ def test_summary_without_labels_has_the_distribution_only(spark):
     summary = _summary(spark, data, "binary", label=None)["overall"]
     expected = {**_distribution(data["score"].to_numpy()), "predicted_positive_rate": data["prediction"].mean()}
     _assert_matches(summary, expected, "overall")
-
-
-def test_drift_flags_rates_beyond_an_absolute_tolerance():
-    flagged = S.drift({"auc": 0.70, "accuracy": 0.78}, {"auc": 0.76, "accuracy": 0.79}, 0.05, "binary")
-    assert list(flagged) == ["auc"]
-    assert flagged["auc"]["change"] == pytest.approx(-0.06)
-
-
-def test_drift_flags_errors_beyond_a_relative_tolerance():
-    flagged = S.drift({"rmse": 33.0, "mae": 20.5}, {"rmse": 30.0, "mae": 20.0}, 0.05, "regression")
-    assert list(flagged) == ["rmse"]  # +10% against an allowed 5%; MAE moved 2.5%
-    assert flagged["rmse"]["allowed"] == pytest.approx(1.5)
-
-
-def test_drift_compares_only_metrics_on_both_sides_and_never_flags_nan():
-    compared = S.compare_with_test({"auc": float("nan"), "accuracy": 0.5}, {"auc": 0.7}, 0.05, "binary")
-    assert list(compared) == ["auc"] and compared["auc"]["drifted"] is False
 
 
 def test_label_histogram_rebins_the_buckets_per_label():

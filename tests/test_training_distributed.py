@@ -6,9 +6,11 @@ SIGKILLed after its first epoch and then started again, and a TorchDistributor r
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
@@ -116,6 +118,11 @@ def test_the_card_records_code_version_and_seconds(runs):
     assert runs["a"]["code_version"] == "test-code" and runs["a"]["seconds"] > 0
 
 
+def test_the_card_records_the_sha256_of_the_weights_it_registers(runs):
+    weights = Path(runs["a"]["model_dir"]) / "model.safetensors"
+    assert runs["a"]["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
 def test_the_card_on_disk_is_the_card_returned(runs):
     on_disk = json.loads((Path(runs["a"]["model_dir"]) / "card.json").read_text())
     assert on_disk == json.loads(json.dumps(runs["a"], default=str))
@@ -143,3 +150,14 @@ def test_rows_of_the_registry_point_at_the_model_folders(spark, runs):
 def test_adam_s_learning_rate_is_not_scaled_by_the_two_ranks_by_default(runs):
     state = load_checkpoint(Path(runs["a"]["model_dir"]))
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(runs["a"]["config"]["train"]["learning_rate"])
+
+
+def test_the_card_records_the_training_splits_binned_distributions(runs):
+    # Fewer training rows than train.reference_sample_rows: every one is counted, as numpy counts them.
+    reference = runs["a"]["reference"]["distance"]
+    train = runs["frame"][runs["frame"].split == "train"]["distance"].to_numpy(dtype=float)
+    finite = train[~np.isnan(train)]
+    expected = [int(np.isnan(train).sum()),
+                *np.bincount(np.searchsorted(reference["edges"], finite, side="right"),
+                             minlength=len(reference["edges"]) + 1)]
+    assert reference["counts"] == expected and len(reference["edges"]) >= 5

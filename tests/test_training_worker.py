@@ -179,6 +179,17 @@ def test_a_checkpoint_of_another_job_is_not_resumed(splits, tmp_path):
         run_training(make_job(splits, tmp_path, epochs=1, learning_rate=0.01), Comm(), log=lambda _: None)
 
 
+def test_the_job_fingerprint_depends_on_the_code_version(splits, tmp_path):
+    job = make_job(splits, tmp_path, code_version="1.0+aaaaaaa")
+    assert job.fingerprint() != dataclasses.replace(job, code_version="1.0+bbbbbbb").fingerprint()
+
+
+def test_a_checkpoint_written_by_other_code_is_not_resumed(splits, tmp_path):
+    run_training(make_job(splits, tmp_path, epochs=1, code_version="1.0+aaaaaaa"), Comm(), log=lambda _: None)
+    with pytest.raises(CheckpointError, match=r"written by code version 1\.0\+aaaaaaa, this run's is 1\.0\+bbbbbbb"):
+        run_training(make_job(splits, tmp_path, epochs=1, code_version="1.0+bbbbbbb"), Comm(), log=lambda _: None)
+
+
 def test_the_best_model_is_saved_as_safetensors_only(splits, tmp_path):
     run_training(make_job(splits, tmp_path, epochs=1), Comm(), log=lambda _: None)
     assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["model.safetensors", "model_spec.json"]

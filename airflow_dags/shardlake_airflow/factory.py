@@ -28,7 +28,7 @@ from shardlake_airflow.operators import ShardlakeJobOperator
 # Must match libs/shardlake/session.py (tests/test_airflow_dags.py checks it).
 DELTA_VERSION = "3.3.3"
 DELTA_ARTIFACTS = ("delta-spark_2.12", "delta-storage")
-# jobs/promote.py exits with this code when the model does not meet the promotion threshold.
+# jobs/promote.py exits with this code when the gate refuses the model.
 GATE_REFUSED_EXIT_CODE = 3
 # An option only when the run names a model version; an empty argument is dropped by the operator.
 MODEL_VERSION_ARG = "{{ '--model-version=' ~ params.model_version if params.model_version else '' }}"
@@ -102,8 +102,9 @@ def dag_params(dataset: str, settings: Mapping[str, Any]) -> dict[str, Param]:
 def build_dag(dataset: str, settings: Mapping[str, Any], project: Project) -> DAG:
     """The pipeline DAG of one dataset.
 
-    gate: promote the model train just registered if its validation metric meets
-    train.promote_threshold. Below it the gate task fails (not retried) and infer does not run, so
+    gate: promote the model train just registered only if, on the same held-out test rows, it is at
+    least as good as the production model (train.promote_margin) and reaches
+    train.promote_threshold. Otherwise the gate task fails (not retried) and infer does not run, so
     no predictions come from a model that did not pass; the previous production model stays.
     infer: scores with the production model and stamps predictions with the run's logical date.
     """

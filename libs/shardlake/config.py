@@ -234,13 +234,26 @@ class TrainSettings(_Strict):
                                       description="intra-op threads per rank on CPU; None = cores / ranks")
     start_timeout_s: int = Field(default=600, ge=10)
     promote_threshold: float = Field(default=0.6, description=(
-        "validation metric a model must reach for production: a floor for AUC (binary), a ceiling for RMSE (regression)"))
+        "held-out test metric a model must reach for production: a floor for AUC (binary), a ceiling for RMSE "
+        "(regression)"))
+    reference_sample_rows: int = Field(default=100000, ge=100, description=(
+        "training rows sampled for the card's binned feature and score distributions (label-free drift)"))
+    promote_margin: float = Field(default=0.0, description=(
+        "how much better than the production model, on the same test rows, a candidate must be to replace it "
+        "(AUC up, RMSE down); negative tolerates a small loss"))
 
 
 class InferSettings(_Strict):
     batch_size: int = Field(default=8192, ge=1)
     model_version: str | None = Field(default=None, description="None = the model trained in this config")
-    drift_tolerance: float = Field(default=0.05, ge=0)
+    drift_tolerance: float = Field(default=0.05, ge=0, description=(
+        "how much worse than the card's test metrics the rows new to the model may be: absolute for AUC and "
+        "accuracy, relative for RMSE and MAE"))
+    psi_threshold: float = Field(default=0.2, ge=0, description=(
+        "population stability index of a feature or the score, rows new to the model against the training "
+        "split, above which it has drifted (0.1: a small shift, 0.25: a large one)"))
+    drift_z: float = Field(default=2.0, ge=0, description=(
+        "standard errors of a metric at the new rows' count that are also allowed (small samples are noisy)"))
     logical_date: str | None = None
     incremental: bool = Field(default=False, description="score only keys this model version has not scored yet")
     quantize: bool = Field(default=False, description="score with int8 dynamic quantisation (CPU); reports the change")

@@ -46,18 +46,33 @@ def print_infer(report, console: Console) -> None:
         table.add_row(row["scope"], *[f"{row.get(c):.4f}" if isinstance(row.get(c), float) else str(row.get(c))
                                       for c in columns])
     console.print(table)
-    if report.drift:
-        console.print(f"[red]DRIFT beyond tolerance:[/red] {report.drift}")
+    _print_drift(report, console)
     _print_infer_extras(report, console)
 
 
+def _print_drift(report, console: Console) -> None:
+    """Only what drifted (rows new to the model) and what failed the sanity check; one line when all is well."""
+    comparison = getattr(report, "comparison", None) or {}
+    for name, check in (getattr(report, "drift", None) or {}).items():
+        console.print(f"[red]DRIFT[/red] {name} on {check['rows']} rows new to the model: {check['now']:.4f} against "
+                      f"{check['at_test']:.4f} at test, worse by {check['worse_by']:.4f} (allowed {check['allowed']:.4f})")
+    for name, check in (getattr(report, "sanity_failed", None) or {}).items():
+        console.print(f"[red]SANITY[/red] {name} on the training version's test split: {check['now']:.4f}, the card "
+                      f"says {check['at_test']:.4f}: the card does not describe this model on this table")
+    for name, check in (getattr(report, "distribution_drift", None) or {}).items():
+        ks = f", KS {check['ks']:.3f} (allowed {check['ks_allowed']:.3f})" if "ks" in check else ""
+        console.print(f"[red]DRIFT[/red] distribution of {name} on {check['rows']} rows new to the model: PSI "
+                      f"{check['psi']:.3f} (allowed {check['psi_allowed']:.3f}){ks}")
+    if "new_rows" not in comparison:
+        console.print("drift: no labelled rows new to the model in this version, nothing to judge")
+    elif not report.drift:
+        console.print(f"drift: none on {next(iter(comparison['new_rows'].values()))['rows']} rows new to the model"
+                      if comparison["new_rows"] else "drift: none")
+
+
 def _print_infer_extras(report, console: Console) -> None:
-    """Mode, the test-metric comparison, the int8-against-float comparison and where the plot is."""
+    """Mode, the int8-against-float comparison and where the plot is."""
     console.print(f"mode: {getattr(report, 'mode', 'full')}")
-    for name, check in (getattr(report, "comparison", None) or {}).items():
-        flag = "[red]drifted[/red]" if check["drifted"] else "ok"
-        console.print(f"  {name}: now {check['now']:.4f}, at test {check['at_test']:.4f}, "
-                      f"change {check['change']:+.4f} (allowed {check['allowed']:.4f}) {flag}")
     quantization = getattr(report, "quantization", None)
     if quantization:
         table = Table(title=f"int8 dynamic quantisation against float ({quantization['rows']} rows, "

@@ -22,18 +22,21 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from shardlake import delta_io, delta_log, plots, quantize, registry
-from shardlake.config import AppConfig
+from shardlake.config import AppConfig, InferSettings
 from shardlake.lake import Lake
 from shardlake.predictions import SCORE, SOURCE_ROW_HASH
 from shardlake.scoring import ModelMismatchError, TabularModel, load_registered
 from shardlake.stages import infer_write as W
+from shardlake.stages.reference import counts_now
 from shardlake.transforms import incremental as I
+from shardlake.transforms import drift as D
 from shardlake.transforms import summary as S
-from shardlake.transforms.clean import ROW_HASH, SHARD
+from shardlake.transforms.clean import ROW_HASH, SHARD, SPLIT
 
 PLOT_FILE = "score_distribution.png"
 THRESHOLD = 0.5  # a binary model's decision threshold (the map stage's default)
 REPORT_FILE = "report.json"
+COHORT = "cohort"  # 'new' for a row the model's training version did not hold as it is, else 'seen'
 
 
 class InferenceError(RuntimeError):
@@ -56,6 +59,8 @@ class InferReport:
     summary: list[dict] = field(default_factory=list)
     comparison: dict = field(default_factory=dict)
     drift: dict = field(default_factory=dict)
+    sanity_failed: dict = field(default_factory=dict)
+    distribution_drift: dict = field(default_factory=dict)
     quantization: dict = field(default_factory=dict)
     run_dir: str | None = None
     plot: str | None = None
@@ -118,14 +123,40 @@ def _quantization_report(source: DataFrame, model: TabularModel, label: str | No
                             batch_size, threads=1)
 
 
-def _reduce(current: DataFrame, label: str | None, kind: str, card: Mapping, tolerance: float,
-            report: InferReport) -> list[dict]:
-    """The reduce stage: per-shard aggregates -> summary, and the comparison with the card's test metrics."""
-    aggregates = [r.asDict() for r in S.shard_aggregates(current, label, kind).collect()]
-    report.summary = S.summarize(aggregates, kind, labelled=label is not None)
-    overall = next((r for r in report.summary if r["scope"] == "overall"), {})
-    report.comparison = S.compare_with_test(overall, card.get("test_metrics", {}), tolerance, kind)
-    report.drift = {k: v for k, v in report.comparison.items() if v["drifted"]}
+def _cohorts(spark: SparkSession, source: DataFrame, card: Mapping, table_path: str, version: int,
+             key: Sequence[str]) -> DataFrame:
+    """``source`` marked 'seen'/'new' against the table version the model was trained on."""
+    trained = card.get("table_version")
+    if card.get("table_path") != table_path or trained is None:
+        return source.withColumn(COHORT, F.lit("new"))  # trained on another table: it saw none of these rows
+    trained_on = None if int(trained) == version else delta_io.read_version(spark, table_path, int(trained))
+    return I.mark_new(source, trained_on, key, ROW_HASH, COHORT)
+
+
+def _reduce(current: DataFrame, label: str | None, kind: str, card: Mapping, settings: InferSettings,
+            same_version: bool, report: InferReport) -> list[dict]:
+    """The reduce stage: aggregates per shard, split and cohort -> summary; the like-for-like checks against
+    the card (``transforms.drift``): the test split of the training version, and the rows new to the model."""
+    groups = [SHARD, *([SPLIT] if SPLIT in current.columns else []), COHORT]
+    aggregates = [r.asDict() for r in S.shard_aggregates(current, label, kind, groups).collect()]
+    report.summary = S.summarize(aggregates, kind, labelled=label is not None, groups=groups)
+    scopes = {r["scope"]: r for r in report.summary}
+    test_metrics = card.get("test_metrics", {})
+    report.comparison = {}
+    if label is not None and same_version and f"{SPLIT}=test" in scopes:
+        report.comparison["sanity"] = D.sanity_check(scopes[f"{SPLIT}=test"], test_metrics, kind)
+    if label is not None and f"{COHORT}=new" in scopes:
+        report.comparison["new_rows"] = D.compare_new_rows(scopes[f"{COHORT}=new"], test_metrics,
+                                                           settings.drift_tolerance, kind, settings.drift_z)
+    reference = card.get("reference") or {}
+    if reference and scopes.get(f"{COHORT}=new", {}).get("rows"):
+        new_rows = current.where(F.col(COHORT) == F.lit("new"))
+        report.comparison["distributions"] = D.compare_distributions(reference, counts_now(new_rows, reference),
+                                                                     settings.psi_threshold)
+    report.drift = {k: v for k, v in report.comparison.get("new_rows", {}).items() if v["drifted"]}
+    report.distribution_drift = {k: v for k, v in report.comparison.get("distributions", {}).items()
+                                 if v["drifted"]}
+    report.sanity_failed = {k: v for k, v in report.comparison.get("sanity", {}).items() if v["failed"]}
     return aggregates
 
 
@@ -187,9 +218,13 @@ def run_infer(spark: SparkSession, lake: Lake, config: AppConfig, logical_date: 
     _write(spark, path, predictions, key, report, W.changed_condition(model.spec.kind, label), metadata, before)
 
     progress("reducing: per-shard summary")
-    current = I.for_source(delta_io.read_version(spark, path, report.predictions_version), source, key, written_as,
-                           ROW_HASH, SOURCE_ROW_HASH)
-    aggregates = _reduce(current, label, model.spec.kind, card, settings.drift_tolerance, report)
+    marked = _cohorts(spark, source, card, table_path, version, key)
+    features = [c for c in dict.fromkeys([*model.spec.numeric, *model.spec.categorical]) if c not in key]
+    carry = [*([SPLIT] if SPLIT in source.columns else []), COHORT, *features]
+    current = I.for_source(delta_io.read_version(spark, path, report.predictions_version), marked, key, written_as,
+                           ROW_HASH, SOURCE_ROW_HASH, carry)
+    same_version = card.get("table_path") == table_path and card.get("table_version") == version
+    aggregates = _reduce(current, label, model.spec.kind, card, settings, same_version, report)
 
     run_dir = lake.path(dataset.name, "inference_runs", written_as, f"{logical_date}_v{version}")
     run_dir.mkdir(parents=True, exist_ok=True)

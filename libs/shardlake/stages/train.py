@@ -3,31 +3,40 @@
 Shaped like a Spark ML estimator: ``fit`` returns a ``TabularModel`` whose ``transform`` scores a
 DataFrame. ``train.backend: torch_distributor`` runs the same training function through Spark's
 TorchDistributor instead of Horovod.
+
+A run's identity is its model version: the dataset, the table version, the configuration and the
+code version. One identity trains once: a finished run is not trained or registered again, and
+two concurrent runs of it cannot share its run folder (``run_lock``).
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from shardlake import delta_io, plots, registry
+from shardlake import delta_io, delta_log, plots, registry
 from shardlake.config import AppConfig
 from shardlake.lake import Lake
-from shardlake.models.tabular import SPEC_FILE, WEIGHTS_FILE, ModelSpec
-from shardlake.scoring import TabularModel
+from shardlake.models.tabular import SPEC_FILE, WEIGHTS_FILE, ModelSpec, weights_digest
+from shardlake.scoring import ModelMismatchError, TabularModel, load_registered
 from shardlake.session import guard_py4j_against_forks
 from shardlake.stages.ingest import feature_stats_for
+from shardlake.stages.reference import training_reference
 from shardlake.training.metrics import primary_metric
 from shardlake.training.worker import CheckpointError, TrainJob, horovod_entry, load_checkpoint
 
 CARD_FILE = "card.json"
 CURVE_FILE = "training_curve.png"
+LOCK_FILE = ".lock"
 
 
 class TrainingError(RuntimeError):
@@ -41,11 +50,14 @@ class TrainPlan:
     table_version: int
     job: TrainJob
     spec: ModelSpec
+    config_hash: str
 
 
-def model_version_for(dataset: str, table_version: int, config_hash: str) -> str:
-    """Deterministic: the same config on the same table version is the same model (and run folder)."""
-    return f"{dataset}-v{table_version}-{config_hash}"
+def model_version_for(dataset: str, table_version: int, config_hash: str, code_version: str) -> str:
+    """Deterministic: the same config on the same table version, trained by the same code, is the same
+    model (and run folder); new code names a new model instead of finding the old one's checkpoint."""
+    suffix = hashlib.sha256(json.dumps([config_hash, code_version]).encode()).hexdigest()[:12]
+    return f"{dataset}-v{table_version}-{suffix}"
 
 
 def _target_scale(spark: SparkSession, table_path: str, version: int, label: str) -> dict[str, float]:
@@ -56,7 +68,8 @@ def _target_scale(spark: SparkSession, table_path: str, version: int, label: str
 
 
 def plan(spark: SparkSession, lake: Lake, config: AppConfig, run_id: str | None = None,
-         fail_after_epoch: int | None = None, kill_after_epoch: int | None = None) -> TrainPlan:
+         fail_after_epoch: int | None = None, kill_after_epoch: int | None = None,
+         code_version: str = "unknown") -> TrainPlan:
     """Resolve the table version, its exact files per split, feature statistics and the run folder."""
     spec_ds, train = config.dataset, config.train
     table_path = lake.table(spec_ds.name, "clean")
@@ -70,12 +83,13 @@ def plan(spark: SparkSession, lake: Lake, config: AppConfig, run_id: str | None 
                      categorical=list(spec_ds.features.categorical), vocab=stats.vocab, mean=stats.mean,
                      std=stats.std, hidden=list(train.hidden), embedding_dim=train.embedding_dim,
                      dropout=train.dropout, architecture=train.architecture, **scale)
-    files = {s: delta_io.snapshot_files(table_path, version, [("split", "=", s)])
+    files = {s: delta_log.snapshot_files(table_path, version, [("split", "=", s)])
              for s in ("train", "validation", "test")}
     for split in ("train", "validation"):
         if not files[split]:
             raise TrainingError(f"{table_path}@v{version}: the {split} split is empty")
-    model_version = run_id or model_version_for(spec_ds.name, version, config.fingerprint())
+    config_hash = config.fingerprint()
+    model_version = run_id or model_version_for(spec_ds.name, version, config_hash, code_version)
     run_dir = lake.model_dir(spec_ds.name, model_version)
     run_dir.mkdir(parents=True, exist_ok=True)
     job = TrainJob(train_files=files["train"], validation_files=files["validation"], test_files=files["test"],
@@ -84,9 +98,28 @@ def plan(spark: SparkSession, lake: Lake, config: AppConfig, run_id: str | None 
                    lr_scaling=train.lr_scaling,
                    early_stopping_patience=train.early_stopping_patience, loader_workers=train.loader_workers,
                    loader_pool=train.loader_pool, shuffle_buffer=train.shuffle_buffer,
-                   torch_threads=train.torch_threads,
+                   torch_threads=train.torch_threads, code_version=code_version,
                    fail_after_epoch=fail_after_epoch, kill_after_epoch=kill_after_epoch)
-    return TrainPlan(model_version, table_path, version, job, spec)
+    return TrainPlan(model_version, table_path, version, job, spec, config_hash)
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder exclusively while inside: two runs of one model version would overwrite each
+    other's checkpoints and weights. A second run fails at once (non-blocking) rather than wait."""
+    lock = run_dir / LOCK_FILE
+    # flock belongs to the open file: the OS releases it when the holder exits, however it dies (even
+    # SIGKILL), so a crashed run never leaves a stale lock and no cleanup is needed.
+    with lock.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise TrainingError(f"{run_dir}: another run of the same model version is in progress (it holds "
+                                f"{lock}); wait for it to finish, then start this run again") from err
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _run_horovod(job: TrainJob, num_proc: int, start_timeout: int) -> list[dict]:
@@ -109,7 +142,8 @@ def _run_torch_distributor(job: TrainJob, num_proc: int) -> list[dict]:
     return [result]
 
 
-def _card(config: AppConfig, p: TrainPlan, rank0: dict, seconds: float, code_version: str) -> dict:
+def _card(config: AppConfig, p: TrainPlan, rank0: dict, seconds: float, weights_sha256: str) -> dict:
+    """The model card: what was trained on, how, by which code, how well, and the weights' digest."""
     metric, _ = primary_metric(p.spec.kind)
     best = rank0["history"][rank0["best_epoch"]] if rank0["best_epoch"] >= 0 else {"validation": {}}
     return {
@@ -119,8 +153,8 @@ def _card(config: AppConfig, p: TrainPlan, rank0: dict, seconds: float, code_ver
         "table_version": p.table_version,
         "train_files": len(p.job.train_files),
         "config": config.public_dump(),  # secret-looking values masked
-        "config_hash": config.fingerprint(),
-        "code_version": code_version,
+        "config_hash": p.config_hash,
+        "code_version": p.job.code_version,
         "backend": config.train.backend,
         "num_proc": config.train.num_proc,
         "model_spec": p.spec.to_dict(),
@@ -138,32 +172,56 @@ def _card(config: AppConfig, p: TrainPlan, rank0: dict, seconds: float, code_ver
         "resumed_from": rank0["resumed_from"],
         "seconds": round(seconds, 2),
         "model_dir": p.job.run_dir,
+        # The registered weights: a scorer can check that the file it loads is the one evaluated here.
+        "weights_sha256": weights_sha256,
     }
 
 
 def _check_resumable(p: TrainPlan, log: Callable[[str], None]) -> None:
     """Fail before any worker starts if the run folder holds a checkpoint this job may not resume."""
     try:
-        checkpoint = load_checkpoint(Path(p.job.run_dir), p.job.fingerprint())
+        checkpoint = load_checkpoint(Path(p.job.run_dir), p.job.fingerprint(), p.job.code_version)
     except CheckpointError as err:
         raise TrainingError(str(err)) from err
     if checkpoint is not None:
         log(f"{p.model_version}: resuming after epoch {int(checkpoint['epoch']) + 1} of {p.job.epochs}")
 
 
-def fit(spark: SparkSession, lake: Lake, config: AppConfig, code_version: str = "unknown",
-        run_id: str | None = None, fail_after_epoch: int | None = None,
-        log: Callable[[str], None] = print, kill_after_epoch: int | None = None) -> tuple[TabularModel, dict]:
-    """Train on one table version with the configured backend; write model, card, curve; register it.
+def _identity(p: TrainPlan) -> dict:
+    """What a registered card must share with a plan to be that plan's finished run: the model version
+    alone is not enough, as an explicit run id can name a run of another config, table or code version."""
+    return {"table_path": p.table_path, "table_version": p.table_version, "config_hash": p.config_hash,
+            "code_version": p.job.code_version}
 
-    Re-running with the same run id resumes from the run folder's last checkpoint.
-    ``fail_after_epoch``/``kill_after_epoch`` inject a failure (tests of recovery).
+
+def _finished_card(spark: SparkSession, lake: Lake, p: TrainPlan) -> dict | None:
+    """The registry's card of this plan's model version when that run already finished, else None.
+
+    A card of the same version but another identity (an explicit run id reused for another config,
+    table or code version) is refused: returning it would hand back a model this plan did not ask for.
     """
-    started = time.monotonic()
-    p = plan(spark, lake, config, run_id, fail_after_epoch, kill_after_epoch)
-    log(f"training {p.model_version} on {p.table_path}@v{p.table_version} "
-        f"({len(p.job.train_files)} train files, backend {config.train.backend}, {config.train.num_proc} processes)")
-    _check_resumable(p, log)
+    card = registry.model_card(spark, lake.registry(), p.model_version)
+    if card is None:
+        return None
+    differs = {k: (card.get(k), planned) for k, planned in _identity(p).items() if card.get(k) != planned}
+    if differs:
+        detail = "; ".join(f"{k}: registered {old!r}, this run {new!r}" for k, (old, new) in differs.items())
+        raise TrainingError(f"model version {p.model_version} is already registered for another run ({detail}); "
+                            f"start a new run id")
+    return dict(card)
+
+
+def _registered_model(card: Mapping) -> TabularModel:
+    """A finished run's model, checked against its card (a folder changed since is refused, not returned)."""
+    try:
+        return load_registered(card)
+    except (ModelMismatchError, FileNotFoundError) as err:
+        raise TrainingError(f"{card['model_version']} is registered but its folder no longer holds the registered "
+                            f"model: {err}") from err
+
+
+def _train(config: AppConfig, p: TrainPlan) -> dict:
+    """Run the configured backend on the plan's job; rank 0's result."""
     try:
         if config.train.backend == "horovod":
             results = _run_horovod(p.job, config.train.num_proc, config.train.start_timeout_s)
@@ -172,25 +230,43 @@ def fit(spark: SparkSession, lake: Lake, config: AppConfig, code_version: str = 
     except Exception as err:  # Horovod/Spark wrap worker errors; keep the cause readable
         raise TrainingError(f"training run {p.model_version} failed: {' '.join(str(err).split())[:800]}; "
                             f"checkpoints are in {p.job.run_dir}: start the same run again to resume") from err
-    rank0 = next(r for r in results if r["rank"] == 0)
+    return next(r for r in results if r["rank"] == 0)
+
+
+def fit(spark: SparkSession, lake: Lake, config: AppConfig, code_version: str = "unknown",
+        run_id: str | None = None, fail_after_epoch: int | None = None,
+        log: Callable[[str], None] = print, kill_after_epoch: int | None = None) -> tuple[TabularModel, dict]:
+    """Train on one table version with the configured backend; write model, card, curve; register it.
+
+    Re-running with the same run id resumes from the run folder's last checkpoint; re-running a run
+    the registry already holds returns its model and card untouched (no training, no registration).
+    ``fail_after_epoch``/``kill_after_epoch`` inject a failure (tests of recovery).
+    """
+    started = time.monotonic()
+    p = plan(spark, lake, config, run_id, fail_after_epoch, kill_after_epoch, code_version)
     run_dir = Path(p.job.run_dir)
-    for name in (WEIGHTS_FILE, SPEC_FILE):
-        shutil.copyfile(run_dir / "best" / name, run_dir / name)
-    card = _card(config, p, rank0, time.monotonic() - started, code_version)
-    (run_dir / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=True, default=str))
-    plots.training_curve(rank0["history"], card["metric_name"], run_dir / CURVE_FILE, p.model_version)
-    registry.register(spark, lake.registry(), card)
+    # Held from before the registry check to the registration: one run of a model version at a time.
+    with run_lock(run_dir):
+        finished = _finished_card(spark, lake, p)
+        if finished is not None:
+            log(f"{p.model_version}: already trained and registered (code {code_version}); "
+                f"returning the registered model, not training it again")
+            return _registered_model(finished), finished
+        log(f"training {p.model_version} on {p.table_path}@v{p.table_version} ({len(p.job.train_files)} train "
+            f"files, backend {config.train.backend}, {config.train.num_proc} processes, code {code_version})")
+        _check_resumable(p, log)
+        rank0 = _train(config, p)
+        for name in (WEIGHTS_FILE, SPEC_FILE):
+            shutil.copyfile(run_dir / "best" / name, run_dir / name)
+        card = _card(config, p, rank0, time.monotonic() - started, weights_digest(run_dir))
+        log(f"{p.model_version}: profiling the training split for label-free drift")
+        training = delta_io.read_version(spark, p.table_path, p.table_version).where(F.col("split") == "train")
+        card["reference"] = training_reference(TabularModel.load(run_dir, p.model_version), training,
+                                               config.infer.batch_size, config.train.reference_sample_rows)
+        (run_dir / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=True, default=str))
+        plots.training_curve(rank0["history"], card["metric_name"], run_dir / CURVE_FILE, p.model_version)
+        registry.register(spark, lake.registry(), card)
     return TabularModel.load(run_dir, p.model_version), card
-
-
-def promote_if_good(spark: SparkSession, lake: Lake, card: dict, threshold: float) -> bool:
-    """Promote to production when the validation metric meets the threshold; report whether it did."""
-    _, higher = primary_metric(card["model_spec"]["kind"])
-    try:
-        registry.promote(spark, lake.registry(), card["model_version"], threshold, higher)
-    except registry.PromotionError:
-        return False
-    return True
 
 
 def summary(card: dict) -> dict:

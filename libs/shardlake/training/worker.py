@@ -55,6 +55,9 @@ class TrainJob:
     shuffle_buffer: int = 20000
     torch_threads: int | None = None  # None: the machine's cores shared out over its ranks
     lr_scaling: str = "none"  # "linear": learning rate times the rank count (effective_learning_rate)
+    # The code that trains (package version + git commit): other code may train differently, so it
+    # is part of the fingerprint and a checkpoint is resumed only by the code that wrote it.
+    code_version: str = "unknown"
     # Fault injection for recovery tests; neither fires in a resumed run.
     fail_after_epoch: int | None = None  # every rank raises after this epoch's checkpoint
     kill_after_epoch: int | None = None  # rank ``kill_rank`` SIGKILLs itself after this epoch's checkpoint
@@ -65,8 +68,8 @@ class TrainJob:
         return LoaderOptions(pool=self.loader_pool, workers=self.loader_workers, shuffle_buffer=self.shuffle_buffer)
 
     def fingerprint(self) -> str:
-        """What a checkpoint must match to be resumed: what is trained on and how, not the run folder,
-        fault injection or speed knobs (reader pool and threads, torch threads)."""
+        """What a checkpoint must match to be resumed: what is trained on, how and by which code, not the
+        run folder, fault injection or speed knobs (reader pool and threads, torch threads)."""
         ignored = ("run_dir", "fail_after_epoch", "kill_after_epoch", "kill_rank", "loader_workers", "loader_pool",
                    "torch_threads")
         fields = {k: v for k, v in asdict(self).items() if k not in ignored}
@@ -210,7 +213,7 @@ def effective_learning_rate(learning_rate: float, scaling: str, ranks: int) -> f
 
 
 def save_checkpoint(run_dir: Path, model, optimizer, epoch: int, history: list[dict], best: dict,
-                    job_fingerprint: str) -> None:
+                    job_fingerprint: str, code_version: str = "unknown") -> None:
     """Tensors and plain values only (loadable with weights_only=True), written atomically."""
     state = {
         "epoch": epoch,
@@ -220,14 +223,19 @@ def save_checkpoint(run_dir: Path, model, optimizer, epoch: int, history: list[d
         "history": json.dumps(history),
         "best": json.dumps(best),
         "job": job_fingerprint,
+        "code_version": code_version,  # in the fingerprint too; kept readable for the refusal message
     }
     tmp = run_dir / (CHECKPOINT + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, run_dir / CHECKPOINT)  # atomic: a crash never leaves a torn checkpoint
 
 
-def load_checkpoint(run_dir: Path, job_fingerprint: str | None = None) -> dict | None:
-    """The run folder's checkpoint, or None. Never unpickles objects (weights_only=True)."""
+def load_checkpoint(run_dir: Path, job_fingerprint: str | None = None, code_version: str | None = None) -> dict | None:
+    """The run folder's checkpoint, or None. Never unpickles objects (weights_only=True).
+
+    With ``job_fingerprint`` (and ``code_version``), a checkpoint of another job (or written by other
+    code) is refused: resuming it would mix two trainings in one model.
+    """
     path = run_dir / CHECKPOINT
     if not path.exists():
         return None
@@ -238,9 +246,13 @@ def load_checkpoint(run_dir: Path, job_fingerprint: str | None = None) -> dict |
                               f"({' '.join(str(err).split())[:300]})") from err
     except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"{path}: unreadable checkpoint ({err}); remove it to start the run afresh") from err
+    written_by = state.get("code_version")
+    if code_version is not None and written_by is not None and written_by != code_version:
+        raise CheckpointError(f"{path} belongs to another job: written by code version {written_by}, this run's is "
+                              f"{code_version}; start a new run id or remove the run folder")
     if job_fingerprint is not None and state.get("job") != job_fingerprint:
-        raise CheckpointError(f"{path} belongs to another job (config, table version or files changed); "
-                              f"start a new run id or remove the run folder")
+        raise CheckpointError(f"{path} belongs to another job (config, table version, files or code version "
+                              f"changed); start a new run id or remove the run folder")
     return state
 
 
@@ -310,7 +322,7 @@ def run_training(job: TrainJob, comm: Comm, log=print) -> TrainResult:
     best: dict = {"epoch": -1, "value": None}
     start_epoch = 0
     fingerprint = job.fingerprint()
-    checkpoint = load_checkpoint(run_dir, fingerprint)
+    checkpoint = load_checkpoint(run_dir, fingerprint, job.code_version)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -347,7 +359,7 @@ def run_training(job: TrainJob, comm: Comm, log=print) -> TrainResult:
         if comm.rank == 0:
             if better:
                 save_model(model, run_dir / BEST_DIR)
-            save_checkpoint(run_dir, model, optimizer, epoch, history, best, fingerprint)
+            save_checkpoint(run_dir, model, optimizer, epoch, history, best, fingerprint, job.code_version)
             _write_history(run_dir, history)
             log(f"epoch {epoch + 1}/{job.epochs}: loss {train_loss:.4f}  validation {metric} {value:.4f}  "
                 f"{rate:,.0f} samples/s ({rate / comm.size:,.0f} per worker; {rows} rows, {seconds:.1f}s)")

@@ -37,14 +37,30 @@ def unscored(source: DataFrame, predictions: DataFrame, key: Sequence[str], mode
 
 
 def for_source(predictions: DataFrame, source: DataFrame, key: Sequence[str], model_version: str,
-               source_hash: str, prediction_hash: str) -> DataFrame:
-    """The model version's predictions of exactly the rows in ``source`` (one table version).
+               source_hash: str, prediction_hash: str, carry: Sequence[str] = ()) -> DataFrame:
+    """The model version's predictions of exactly the rows in ``source`` (one table version), with the
+    ``carry`` columns of the source row alongside.
 
     Rows scored by an earlier run from an earlier version count when the row is still there
     unchanged; keys that have left the table, and predictions of a row's older content, do not.
     """
-    rows = source.select(*key, source_hash)
+    rows = source.select(*key, source_hash, *carry)
     mine = predictions.where(F.col("model_version") == F.lit(model_version))
     return (mine.alias("p")
-            .join(rows.alias("s"), on=_row_match(key, (prediction_hash, source_hash), "p", "s"), how="left_semi")
-            .select(*[F.col(f"p.{c}").alias(c) for c in predictions.columns]))
+            .join(rows.alias("s"), on=_row_match(key, (prediction_hash, source_hash), "p", "s"), how="inner")
+            .select(*[F.col(f"p.{c}").alias(c) for c in predictions.columns], *[F.col(f"s.{c}") for c in carry]))
+
+
+def mark_new(source: DataFrame, trained_on: DataFrame | None, key: Sequence[str], row_hash: str,
+             column: str = "cohort") -> DataFrame:
+    """``source`` with ``column``: 'seen' for a row the model's training version held as it is, else 'new'.
+
+    ``trained_on`` None: the source is the training version itself (every row seen). A row whose
+    content changed since has another hash, so it is new to the model too.
+    """
+    if trained_on is None:
+        return source.withColumn(column, F.lit("seen"))
+    seen = trained_on.select(*key, row_hash).withColumn("_seen", F.lit(True))
+    marked = source.alias("s").join(seen.alias("t"), on=_row_match(key, (row_hash, row_hash), "s", "t"), how="left")
+    return marked.select(*[F.col(f"s.{c}").alias(c) for c in source.columns],
+                         F.when(F.col("t._seen"), F.lit("seen")).otherwise(F.lit("new")).alias(column))

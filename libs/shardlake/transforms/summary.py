@@ -1,9 +1,11 @@
-"""The reduce side of batch inference: combinable per-shard aggregates, then the overall figures.
+"""The reduce side of batch inference: combinable aggregates per group, then the figures of each scope.
 
 Every aggregate is a sum, a min or a max (rows, score sums, confusion counts, squared and absolute
 errors, a score histogram per label), so Spark combines them map-side per partition and reduces
-them per shard; the overall row is the combination of the shards. Binary AUC comes from the score
-histogram, exact up to the bucket width; regression RMSE and MAE from error sums.
+them per group (shard, split, cohort); each scope's row (one shard, one split, the rows new to
+the model, overall) is a combination of groups. Binary AUC comes from the score histogram, exact
+up to the bucket width; regression RMSE and MAE from error sums. Comparing them with the model
+card is ``transforms.drift``'s.
 """
 from __future__ import annotations
 
@@ -17,12 +19,6 @@ from pyspark.sql import functions as F
 from shardlake.predictions import PREDICTION, SCORE
 
 BUCKETS = 1000
-# Metrics compared with the model card's test metrics, and how the tolerance applies to each:
-# rates in [0, 1] move by an absolute amount; errors carry the label's unit, so they move relatively.
-DRIFT_METRICS: dict[str, dict[str, str]] = {
-    "binary": {"auc": "absolute", "accuracy": "absolute"},
-    "regression": {"rmse": "relative", "mae": "relative"},
-}
 
 
 def with_lineage(scored: DataFrame, model_version: str, table_path: str, table_version: int,
@@ -44,8 +40,9 @@ def _score_aggs() -> list[Column]:
             F.max(score).alias("score_max")]
 
 
-def shard_aggregates(predictions: DataFrame, label: str | None, kind: str, shard: str = "shard") -> DataFrame:
-    """Per shard (and, for binary models, per score bucket) the sums the summary is built from.
+def shard_aggregates(predictions: DataFrame, label: str | None, kind: str,
+                     groups: Sequence[str] = ("shard",)) -> DataFrame:
+    """Per group (``groups``' values; for binary models also per score bucket) the sums the summary is built from.
 
     Binary: rows, predicted positives and, with labels, labelled rows, positives, correct, tp, fp,
     fn per bucket (the histogram gives AUC). Regression: one row per shard with, with labels, the
@@ -69,7 +66,7 @@ def shard_aggregates(predictions: DataFrame, label: str | None, kind: str, shard
             error = F.col(PREDICTION) - y
             aggs += [F.count(y).alias("labelled"), F.sum(y).alias("label_sum"),
                      F.sum(error * error).alias("sq_error_sum"), F.sum(F.abs(error)).alias("abs_error_sum")]
-    return predictions.groupBy(F.col(shard).alias("shard"), bucket.alias("bucket")).agg(*aggs)
+    return predictions.groupBy(*[F.col(g) for g in groups], bucket.alias("bucket")).agg(*aggs)
 
 
 def auc_from_histogram(positives: np.ndarray, negatives: np.ndarray) -> float:
@@ -109,7 +106,7 @@ def _binary_metrics(rows: Sequence[Mapping]) -> dict:
     for r in rows:
         pos[r["bucket"]] += r["label_sum"] or 0
         neg[r["bucket"]] += (r["labelled"] or 0) - (r["label_sum"] or 0)
-    return {"label_rate": _ratio(_total(rows, "label_sum"), labelled),
+    return {"labelled": int(labelled), "label_rate": _ratio(_total(rows, "label_sum"), labelled),
             "accuracy": _ratio(_total(rows, "correct"), labelled),
             "precision": _ratio(tp, tp + fp, 0.0), "recall": _ratio(tp, tp + fn, 0.0),
             "auc": auc_from_histogram(pos, neg)}
@@ -119,16 +116,20 @@ def _regression_metrics(rows: Sequence[Mapping]) -> dict:
     """Label mean, RMSE and MAE over the labelled rows."""
     labelled = _total(rows, "labelled")
     mse = _ratio(_total(rows, "sq_error_sum"), labelled)
-    return {"label_mean": _ratio(_total(rows, "label_sum"), labelled),
+    return {"labelled": int(labelled), "label_mean": _ratio(_total(rows, "label_sum"), labelled),
             "rmse": math.sqrt(mse) if not math.isnan(mse) else mse,
             "mae": _ratio(_total(rows, "abs_error_sum"), labelled)}
 
 
-def summarize(aggregates: Sequence[Mapping], kind: str, labelled: bool) -> list[dict]:
-    """One row per shard plus 'overall' (first) from the collected aggregate rows (small: shards x buckets)."""
+def summarize(aggregates: Sequence[Mapping], kind: str, labelled: bool,
+              groups: Sequence[str] = ("shard",)) -> list[dict]:
+    """'overall' (first), then one row per value of each of ``groups`` ('shard=3', 'split=test', ...), from the
+    collected aggregate rows (small: groups x buckets)."""
     scopes: dict[str, list[Mapping]] = {}
     for row in aggregates:
-        scopes.setdefault(f"shard={row['shard']}", []).append(row)
+        for group in groups:
+            if row[group] is not None:
+                scopes.setdefault(f"{group}={row[group]}", []).append(row)
     scopes["overall"] = list(aggregates)
     out = []
     for scope, rows in sorted(scopes.items(), key=lambda kv: (kv[0] != "overall", kv[0])):
@@ -139,29 +140,6 @@ def summarize(aggregates: Sequence[Mapping], kind: str, labelled: bool) -> list[
             record.update(_binary_metrics(rows) if kind == "binary" else _regression_metrics(rows))
         out.append(record)
     return out
-
-
-def compare_with_test(overall: Mapping, test_metrics: Mapping, tolerance: float, kind: str) -> dict:
-    """Each drift metric present on both sides: now, at test, the change, the allowed change and whether it drifted.
-
-    The allowed change is ``tolerance`` for rates and ``tolerance`` x |test value| for errors
-    (see DRIFT_METRICS). A NaN on either side (e.g. AUC of one class) is reported, never flagged.
-    """
-    compared = {}
-    for name, mode in DRIFT_METRICS[kind].items():
-        now, at_test = overall.get(name), test_metrics.get(name)
-        if now is None or at_test is None:
-            continue
-        allowed = tolerance if mode == "absolute" else tolerance * abs(at_test)
-        change = now - at_test
-        compared[name] = {"now": now, "at_test": at_test, "change": change, "allowed": allowed,
-                          "drifted": bool(abs(change) > allowed)}
-    return compared
-
-
-def drift(overall: Mapping, test_metrics: Mapping, tolerance: float, kind: str = "binary") -> dict:
-    """Only the metrics whose change from the model card's test metrics exceeds the allowed change."""
-    return {k: v for k, v in compare_with_test(overall, test_metrics, tolerance, kind).items() if v["drifted"]}
 
 
 def label_histogram(aggregates: Sequence[Mapping], label: str | None,
