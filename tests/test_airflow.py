@@ -221,16 +221,23 @@ def test_running_the_ingest_again_for_the_same_interval_leaves_identical_tables(
 
 @pytest.mark.slow
 def test_gate_refuses_a_model_below_the_threshold_and_is_not_retried(spark, dag_run):
+    from shardlake import registry as R
+
     registry_path = dag_run.lake / "_registry" / "models"
-    before = delta_rows(spark, registry_path)
-    registry = delta_frame(spark, registry_path)
-    model_version = registry[registry["stage"] == "production"].iloc[0]["model_version"]
+    frame = delta_frame(spark, registry_path)
+    production = json.loads(frame[frame["stage"] == "production"].iloc[0]["card_json"])
+    # A second candidate (the same weights under another version): the gate judges it against production.
+    candidate = {**production, "model_version": f"{production['model_version']}-challenger"}
+    R.register(spark, str(registry_path), candidate)
     params = {"overrides": [*dag_run.params["overrides"], "train.promote_threshold=1.01"],
-              "model_version": model_version}
+              "model_version": candidate["model_version"]}
     result = airflow(dag_run.env, "tasks", "test", DAG_ID, "gate", OTHER_DATE, "--task-params", json.dumps(params))
     output = tail(result, 20000)
     assert result.returncode != 0, output
     assert "does not meet the promotion threshold 1.01" in output
     assert "AirflowFailException: jobs/promote.py refused (exit code 3)" in output
     assert "Immediate failure requested. Marking task as FAILED" in output and "UP_FOR_RETRY" not in output
-    assert delta_rows(spark, registry_path) == before
+    after = delta_frame(spark, registry_path).set_index("model_version")
+    assert (after.loc[production["model_version"], "stage"], after.loc[candidate["model_version"], "stage"]) == (
+        "production", "candidate")
+    assert after.loc[candidate["model_version"], "champion_version"] == production["model_version"]
