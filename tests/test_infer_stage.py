@@ -290,7 +290,8 @@ def test_a_feature_whose_distribution_moved_on_the_new_rows_is_flagged_and_the_o
     D.write_clean(spark, own_lake, "shift", trained_on)
     D.write_clean(spark, own_lake, "shift", D.with_hash(new))
     folder = D.save(own_lake, "shift", "mp")
-    reference = training_reference(TabularModel.load(folder, "mp"), D.frame(spark, trained_on), 512, 10_000)
+    reference = training_reference(TabularModel.load(folder, "mp"), D.frame(spark, trained_on), len(trained_on),
+                                   512, 10_000)
     D.register_model(spark, own_lake, "shift", "mp", reference=reference)
 
     report = run_infer(spark, own_lake, D.config(own_lake, "shift"), "2024-01-02", model_version="mp")

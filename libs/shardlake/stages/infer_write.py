@@ -18,9 +18,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from shardlake import delta_io, delta_log
-from shardlake.scoring import PREDICTION, SCORE
+from shardlake.predictions import PREDICTION, SCORE, SOURCE_ROW_HASH
 
-SOURCE_ROW_HASH = "source_row_hash"
 # Two scorings of the same row may differ in the last float bits (BLAS blocking depends on the
 # batch a row lands in); only a larger change is a new prediction worth a rewrite.
 SCORE_TOLERANCE = 1e-6

@@ -25,11 +25,13 @@ def binning(model: TabularModel, rows: DataFrame) -> tuple[dict[str, list[float]
     return edges, {c: list(model.spec.vocab.get(c, [])) for c in model.spec.categorical}
 
 
-def training_reference(model: TabularModel, training: DataFrame, batch_size: int, sample_rows: int,
+def training_reference(model: TabularModel, training: DataFrame, total: int, batch_size: int, sample_rows: int,
                        seed: int = 17) -> dict:
     """The card's ``reference``: {column: {"edges" or "categories", "counts", "ordered"}} over a sample of at
-    most about ``sample_rows`` training rows, scored by ``model``."""
-    total = training.count()
+    most about ``sample_rows`` of the ``total`` training rows, scored by ``model``.
+
+    ``total`` comes from the caller (the Delta log knows it) so that sizing the sample costs no scan.
+    """
     if not total:
         return {}
     sample = training.sample(fraction=min(1.0, 1.2 * sample_rows / total), seed=seed).limit(sample_rows)

@@ -261,7 +261,8 @@ def fit(spark: SparkSession, lake: Lake, config: AppConfig, code_version: str = 
         card = _card(config, p, rank0, time.monotonic() - started, weights_digest(run_dir))
         log(f"{p.model_version}: profiling the training split for label-free drift")
         training = delta_io.read_version(spark, p.table_path, p.table_version).where(F.col("split") == "train")
-        card["reference"] = training_reference(TabularModel.load(run_dir, p.model_version), training,
+        rows = delta_io.partition_row_counts(spark, p.table_path, p.table_version, "split").get("train", 0)
+        card["reference"] = training_reference(TabularModel.load(run_dir, p.model_version), training, rows,
                                                config.infer.batch_size, config.train.reference_sample_rows)
         (run_dir / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=True, default=str))
         plots.training_curve(rank0["history"], card["metric_name"], run_dir / CURVE_FILE, p.model_version)
