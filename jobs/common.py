@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import sys
 from pathlib import Path
@@ -19,7 +20,20 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--conf", action="append", default=None, help="YAML config file(s), later wins")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=2")
+    p.add_argument("--result-file", type=Path, default=None,
+                   help="also write the job's result as JSON to this file (what the Airflow tasks hand on by XCom)")
     return p
+
+
+def write_result(args: argparse.Namespace, result: dict) -> None:
+    """The job's result to --result-file, if given: written whole or not at all (write, then rename)."""
+    if args.result_file is None:
+        return
+    target = args.result_file
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    partial.write_text(json.dumps(result, default=str), encoding="utf-8")
+    partial.replace(target)
 
 
 def iso_date(text: str) -> str:

@@ -8,16 +8,22 @@ from rich.console import Console
 
 from jobs import common
 from shardlake.delta_io import SchemaChangeError
+from shardlake.intervals import DataInterval, IntervalError
 from shardlake.layout import LayoutChangeError, RebuildError
 from shardlake.reporting import print_ingest
 from shardlake.sources import SourceError
-from shardlake.stages.ingest import IngestError, rebuild_layout, run_ingest
+from shardlake.stages.ingest import IngestError, for_interval, rebuild_layout, run_ingest
 
 
 def main(argv: list[str] | None = None) -> int:
     """Clean and shard the configured dataset into its Delta tables; print the accounting."""
     p = common.parser("Ingest a dataset into clean + quarantine Delta tables.")
-    p.add_argument("--run-id", default=None, help="stable id of this run (default: ingest-<UTC time>)")
+    p.add_argument("--run-id", default=None,
+                   help="stable id of this run (default: ingest-<dataset>-<logical date>, or ingest-<UTC time> without one)")
+    p.add_argument("--logical-date", type=common.iso_date, default=None,
+                   help="start of the run's data interval, YYYY-MM-DD (Airflow's ds): fills a source path template")
+    p.add_argument("--interval-end", type=common.iso_date, default=None,
+                   help="end of the data interval (exclusive; default: the day after --logical-date)")
     p.add_argument("--mode", choices=["quarantine", "fail_fast"], default="quarantine")
     p.add_argument("--optimize", action="store_true",
                    help="OPTIMIZE the clean table afterwards (compaction, ZORDER BY the dataset's cluster_by)")
@@ -27,7 +33,14 @@ def main(argv: list[str] | None = None) -> int:
                         "then stop; run it while no ingest writes the table")
     args = p.parse_args(argv)
     config = common.load(args)
-    run_id = args.run_id or f"ingest-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
+    try:
+        interval = DataInterval.daily(args.logical_date, args.interval_end) if args.logical_date else None
+        for_interval(config.dataset, interval)  # a template without an interval is refused before Spark starts
+    except IntervalError as err:
+        Console(stderr=True).print(f"[red]ingest refused:[/red] {err}")
+        return 2
+    run_id = args.run_id or (f"ingest-{config.dataset.name}-{args.logical_date}" if args.logical_date
+                             else f"ingest-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}")
     console = Console(stderr=True)
     spark, lake = common.start(config)
     if args.rebuild_layout:
@@ -35,13 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with console.status("ingest") as status:
             report = run_ingest(spark, lake, config.dataset, run_id, common.base_dir(args), args.mode,
-                                args.optimize, progress=lambda msg: status.update(f"ingest: {msg}"))
+                                args.optimize, progress=lambda msg: status.update(f"ingest: {msg}"), interval=interval)
     except IngestError as err:
         console.print(f"[red]ingest failed:[/red] {err}")
         return 1
     except (SourceError, SchemaChangeError, LayoutChangeError) as err:  # refused before any write: no traceback
         console.print(f"[red]ingest refused:[/red] {err}")
         return 2
+    common.write_result(args, report.to_dict())
     if args.json:
         print(json.dumps(report.to_dict(), default=str))
     else:

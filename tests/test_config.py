@@ -77,3 +77,8 @@ def test_a_json_dataset_needs_nothing_but_its_yaml(tmp_path):
 def test_a_rule_on_an_unknown_column_is_refused_naming_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"rules.ranges names unknown column\(s\) \['price'\]"):
         _dataset(tmp_path, "rules: {ranges: {price: {min: 0}}}\n")
+
+
+def test_a_source_path_template_with_an_unknown_placeholder_is_refused_naming_the_field():
+    with pytest.raises(ConfigError, match=r"dataset.source.path.*unknown placeholder \{date\}"):
+        load_config([BASE], ["dataset=flights", "dataset.source.path=landing/{date}/*.csv"])

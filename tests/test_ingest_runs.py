@@ -13,10 +13,11 @@ from pyspark.testing import assertDataFrameEqual
 from shardlake import delta_io
 from shardlake.lake import Lake
 from shardlake.layout import LayoutChangeError
-from shardlake.stages.ingest import IngestError, rebuild_layout
+from shardlake.intervals import DataInterval
+from shardlake.stages.ingest import IngestError, rebuild_layout, run_ingest
 from shardlake.transforms import clean as C
 
-from ingest_helpers import HEADER, LINES, ingest, table, toy_config, write_csv
+from ingest_helpers import HEADER, LINES, REPO, ingest, table, toy_config, write_csv
 
 pytestmark = pytest.mark.reliability
 FIRST_HALF, SECOND_HALF = [line for line, _ in LINES[:8]], [line for line, _ in LINES[8:]]
@@ -242,3 +243,42 @@ def test_a_clustered_merge_reads_only_the_batch_range_and_still_finds_every_key(
                        "the newer row updates, the older is quarantined, a new key is inserted", 0, 0)
     assertDataFrameEqual(table(spark, configs[1], "clean").select("order_id", "amount"), expected)
     assert (report.rows_inserted, report.rows_updated, report.superseded) == (1, 1, 1)
+
+
+def daily_landing(tmp_path):
+    """The toy lines landed in one folder per day (first half on 2024-01-01, second on 2024-01-02), and a config
+    naming its source by interval."""
+    landing = tmp_path / "landing"
+    write_csv(landing / "2024-01-01" / "orders.csv", HEADER, FIRST_HALF)
+    write_csv(landing / "2024-01-02" / "orders.csv", HEADER, SECOND_HALF)
+    return toy_config(tmp_path, tmp_path / "unused.csv", tmp_path / "lake",
+                      f"dataset.source.path={landing}/{{ds}}/orders.csv")
+
+
+def ingest_day(spark, config, day: str):
+    return run_ingest(spark, Lake.at(config.lake.root), config.dataset, f"day-{day}", REPO,
+                      interval=DataInterval.daily(day))
+
+
+def test_a_path_template_ingests_only_the_landing_folder_of_the_interval(spark, tmp_path):
+    config = daily_landing(tmp_path)
+    report = ingest_day(spark, config, "2024-01-01")
+    stored = {r["order_id"] for r in table(spark, config, "clean").select("order_id").collect()}
+    assert stored == {1, 2, 3}  # the clean keys of the first half only
+    assert (report.rows_read, report.logical_date, report.interval_end) == (8, "2024-01-01", "2024-01-02")
+    assert report.source_path == str(tmp_path / "landing" / "2024-01-01" / "orders.csv")
+
+
+def test_a_rerun_of_an_earlier_interval_reports_the_version_that_interval_produced(spark, tmp_path, reliability):
+    """Issue 12: a re-run that committed nothing took the table's latest version (a later day's) for its own."""
+    config = daily_landing(tmp_path)
+    first = ingest_day(spark, config, "2024-01-01")
+    second = ingest_day(spark, config, "2024-01-02")
+    again = ingest_day(spark, config, "2024-01-01")
+    runs = table(spark, config, "ingest_runs").where(F.col("run_id") == "day-2024-01-01")
+    reliability.record("a past interval's ingest re-run after a later one", "committed nothing, kept its version",
+                       0, duplicated_keys(spark, config))
+    assert second.table_version > first.table_version
+    assert (again.rows_merged, again.table_version, again.quarantine_version) == (
+        0, first.table_version, first.quarantine_version)
+    assert [r["table_version"] for r in runs.collect()] == [first.table_version]

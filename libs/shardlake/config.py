@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from shardlake.intervals import placeholders
+
 SPARK_TYPES = ("string", "int", "bigint", "double", "float", "boolean", "date", "timestamp")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -53,7 +55,9 @@ class ColumnSpec(_Strict):
 
 class SourceSpec(_Strict):
     format: Literal["csv", "json", "parquet"]
-    path: str = Field(description="file, folder or glob; package://PKG/rel/path for data shipped in a package")
+    path: str = Field(description=(
+        "file, folder or glob; package://PKG/rel/path for data shipped in a package; may name the run's data "
+        "interval, e.g. landing/{ds}/*.csv (placeholders: shardlake.intervals.PLACEHOLDERS)"))
     compression: Literal["none", "zip", "auto"] = "auto"
     delimiter: str = ","
     header: bool = True
@@ -62,6 +66,12 @@ class SourceSpec(_Strict):
     multiline: bool = Field(default=True, description=(
         "CSV: quoted fields may hold newlines (RFC 4180); false reads large files split by lines, faster, "
         "and a quoted newline is then malformed"))
+
+    @field_validator("path")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        placeholders(value)  # refuses an unknown {name} before Spark starts
+        return value
 
 
 class JoinSpec(_Strict):

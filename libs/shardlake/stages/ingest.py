@@ -54,6 +54,7 @@ from pyspark.sql import types as T
 
 from shardlake import delta_io, layout
 from shardlake.config import DatasetSpec, JoinSpec
+from shardlake.intervals import DataInterval, render
 from shardlake.lake import Lake
 from shardlake.reading import read_parsed
 from shardlake.stages import ingest_write as W
@@ -212,10 +213,12 @@ def _ensure_tables(spark: SparkSession, spec: DatasetSpec, schema, clean_path: s
 
 def _write_tables(spark: SparkSession, spec: DatasetSpec, report: IngestReport,
                   rows: tuple[DataFrame, DataFrame, T.StructType], paths: tuple[str, str],
-                  ranges: dict[str, tuple[object, object]], progress: Callable[[str], None], stack: ExitStack) -> None:
+                  ranges: dict[str, tuple[object, object]], progress: Callable[[str], None], stack: ExitStack,
+                  recorded: tuple[int | None, int | None] | None = None) -> None:
     """Clean table, then the quarantine (with the rows that lost against the table); check each commit
     against what Delta recorded; undo this run's own commits on any failure. ``ranges``: the batch's
-    range of each ``cluster_by`` column, the only part of the table its keys can match."""
+    range of each ``cluster_by`` column, the only part of the table its keys can match. ``recorded``:
+    the versions an earlier attempt of this run id recorded in ingest_runs."""
     clean_path, quarantine_path = paths
     candidates, rejected, schema = rows
     _ensure_tables(spark, spec, schema, clean_path, quarantine_path)
@@ -244,13 +247,19 @@ def _write_tables(spark: SparkSession, spec: DatasetSpec, report: IngestReport,
     report.rows_merged = clean.inserted + clean.updated
     report.quarantine_inserted = quarantine.inserted
     # Only now may a version that is not this run's own commit stand in for one that was not made.
-    report.quarantine_version = _latest_if_none(spark, quarantine_path, report.quarantine_version)
-    report.table_version = _latest_if_none(spark, clean_path, report.table_version)
+    # A re-run of a run that committed before (an Airflow retry or clear) produced the versions it recorded then,
+    # whatever other runs committed since: inference of its interval must score that version.
+    recorded = recorded or (None, None)
+    report.quarantine_version = _latest_if_none(spark, quarantine_path, report.quarantine_version, recorded[1])
+    report.table_version = _latest_if_none(spark, clean_path, report.table_version, recorded[0])
 
 
-def _latest_if_none(spark: SparkSession, path: str, version: int | None) -> int:
-    """The version this run produced, or (when it committed nothing) the table's current one."""
-    return delta_io.latest_version(spark, path) if version is None else version
+def _latest_if_none(spark: SparkSession, path: str, version: int | None, recorded: int | None) -> int:
+    """The version this run produced; when it committed nothing, the one an earlier attempt of it recorded,
+    else (a run with nothing new that never committed) the table's current one."""
+    if version is not None:
+        return version
+    return recorded if recorded is not None else delta_io.latest_version(spark, path)
 
 
 def _table_statistics(spark: SparkSession, spec: DatasetSpec, report: IngestReport, clean_path: str) -> None:
@@ -308,6 +317,7 @@ def run_ingest(
     mode: str = "quarantine",
     optimize: bool = False,
     progress: Callable[[str], None] = lambda _msg: None,
+    interval: DataInterval | None = None,
 ) -> IngestReport:
     """Read, clean, shard and write the dataset into its Delta tables; verify the accounting.
 
@@ -316,11 +326,18 @@ def run_ingest(
     A layout change (key, shards, splits, salt) is refused before any write (``layout``). If a
     write or the accounting check fails, the commits this run made are undone (RESTORE to the
     version before each), unless another writer committed on top of them: then the error says so.
+
+    ``interval``: the run's data interval, which fills a source path template (``landing/{ds}/*.csv``);
+    a re-run of a run id that committed nothing new reports the versions that run id recorded.
     """
     if mode not in ("quarantine", "fail_fast"):
         raise ValueError(f"mode must be 'quarantine' or 'fail_fast', got {mode!r}")
     started = time.monotonic()
-    report = IngestReport(run_id=run_id, dataset=spec.name)
+    spec = for_interval(spec, interval)
+    report = IngestReport(run_id=run_id, dataset=spec.name, source_path=spec.source.path,
+                          logical_date=interval.start.isoformat() if interval else None,
+                          interval_end=interval.end.isoformat() if interval else None)
+    runs_path = lake.table(spec.name, "ingest_runs")
     columns = [(c.name, c.type) for c in spec.columns]
     clean_path = lake.table(spec.name, "clean")
     quarantine_path = lake.table(spec.name, "quarantine")
@@ -346,7 +363,8 @@ def run_ingest(
         staged, ranges = _stage(spark, report, marked, spec, observation, _staging_folder(lake, run_id, stack))
         rejected = staged.where(F.col(C.FATE).isin(*C.REJECTED))
         _write_tables(spark, spec, report, (clean_candidates(staged, report.fill_values), rejected, schema),
-                      (clean_path, quarantine_path), ranges, progress, stack)
+                      (clean_path, quarantine_path), ranges, progress, stack,
+                      W.recorded_versions(spark, runs_path, run_id))
     if optimize:
         progress("optimizing (compaction)")
         report.table_version = delta_io.optimize(spark, clean_path, spec.cluster_by)
@@ -354,8 +372,17 @@ def run_ingest(
     progress("computing shard skew")
     _table_statistics(spark, spec, report, clean_path)
     report.seconds = round(time.monotonic() - started, 2)
-    W.record_run(spark, lake.table(spec.name, "ingest_runs"), report.to_dict())
+    W.record_run(spark, runs_path, report.to_dict())
     return report
+
+
+def for_interval(spec: DatasetSpec, interval: DataInterval | None) -> DatasetSpec:
+    """``spec`` with its source and join paths rendered for ``interval`` (``shardlake.intervals``)."""
+    def rendered(source):
+        return source.model_copy(update={"path": render(source.path, interval)})
+
+    joins = [join.model_copy(update={"source": rendered(join.source)}) for join in spec.joins]
+    return spec.model_copy(update={"source": rendered(spec.source), "joins": joins})
 
 
 def rebuild_layout(spark: SparkSession, lake: Lake, spec: DatasetSpec) -> int:

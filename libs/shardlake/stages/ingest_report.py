@@ -50,6 +50,9 @@ class IngestReport:
     quarantine_inserted: int = 0
     files: dict[str, dict[str, int]] = field(default_factory=dict)
     joins: dict[str, dict[str, int]] = field(default_factory=dict)
+    source_path: str = ""  # as read: a path template rendered for the run's data interval
+    logical_date: str | None = None  # the data interval [logical_date, interval_end) the run was given
+    interval_end: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

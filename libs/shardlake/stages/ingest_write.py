@@ -227,6 +227,15 @@ RUNS_SCHEMA = T.StructType([
 ])
 
 
+def recorded_versions(spark: SparkSession, path: str, run_id: str) -> tuple[int | None, int | None] | None:
+    """(clean, quarantine) versions an earlier attempt of ``run_id`` recorded, or None if it recorded none."""
+    if not delta_io.table_exists(spark, path):
+        return None
+    row = (delta_io.read_version(spark, path).where(F.col("run_id") == F.lit(run_id))
+           .select("table_version", "quarantine_version").first())
+    return None if row is None else (row[0], row[1])
+
+
 def record_run(spark: SparkSession, path: str, report: dict, keys: Sequence[str] = ("run_id",)) -> None:
     """Upsert a run's report (counts, versions, statistics) into the dataset's ingest_runs table."""
     row = (report["run_id"], report["dataset"], report["table_version"], report["quarantine_version"],
