@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quantize", action="store_true", default=None,
                    help="score with the int8 dynamically quantised model on the CPU and report the change against "
                         "the float model; predictions are written under <model version>+int8 (default: infer.quantize)")
+    p.add_argument("--reuse-interval", action="store_true",
+                   help="if this logical date was scored before, score it again with the same model and table version "
+                        "(for whichever is not given): a re-run reproduces the interval")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     config = common.load(args)
@@ -31,15 +34,26 @@ def main(argv: list[str] | None = None) -> int:
         with console.status("inference") as status:
             report = run_infer(spark, lake, config, args.logical_date, args.model_version, args.table_version,
                                progress=lambda m: status.update(f"inference: {m}"), incremental=args.incremental,
-                               quantize_model=args.quantize)
+                               quantize_model=args.quantize, reuse_interval=args.reuse_interval)
     except InferenceError as err:
         console.print(f"[red]inference failed:[/red] {err}")
         return 1
+    common.write_result(args, _result(report))
     if args.json:
         print(json.dumps(report.to_dict(), default=str))
     else:
         print_infer(report, Console(width=140))
     return 0
+
+
+def _result(report) -> dict:
+    """What the next tasks need of an inference run (the full report is report.json in its run folder)."""
+    return {"model_version": report.model_version, "source_version": report.source_version,
+            "logical_date": report.logical_date, "rows_scored": report.rows_scored,
+            "predictions_version": report.predictions_version, "run_dir": report.run_dir,
+            "drift": sorted(report.drift), "distribution_drift": sorted(report.distribution_drift),
+            "sanity_failed": sorted(report.sanity_failed),
+            "drifted": bool(report.drift or report.distribution_drift)}
 
 
 if __name__ == "__main__":

@@ -313,3 +313,71 @@ def test_a_table_version_that_does_not_exist_is_refused(spark, own_lake):
     with pytest.raises(InferenceError, match=r"no version 5 \(versions 0\.\.0\)"):
         run_infer(spark, own_lake, D.config(own_lake, "versions"), "2024-01-01", model_version="mb", table_version=5)
     assert not delta_io.table_exists(spark, own_lake.table("versions", "predictions"))  # nothing was written
+
+
+def _summary(spark, lake: Lake, dataset: str, logical_date: str):
+    path = lake.table(dataset, "inference_summary")
+    return delta_io.read_version(spark, path).where(F.col("logical_date") == F.to_date(F.lit(logical_date)))
+
+
+@pytest.fixture()
+def past_interval_rerun(spark, own_lake):
+    """Dataset 'past': interval 2024-01-01 scored on v0 (60 rows); 12 rows changed in place (v1) and interval
+    2024-01-02 scored incrementally on v1; then interval 2024-01-01 re-run on its own version v0."""
+    first = D.rows(60, seed=9)
+    D.write_clean(spark, own_lake, "past", first)
+    config = D.config(own_lake, "past")
+    run_infer(spark, own_lake, config, "2024-01-01", model_version="mb", table_version=0, incremental=True)
+    summary_before = _summary(spark, own_lake, "past", "2024-01-01").collect()
+    changed = first.iloc[::5].copy()
+    changed["distance"] = changed["distance"].fillna(1.0) + 400.0
+    D.update_clean(spark, own_lake, "past", D.with_hash(changed))
+    run_infer(spark, own_lake, config, "2024-01-02", model_version="mb", table_version=1, incremental=True)
+    predictions_before = _predictions(spark, own_lake, "past").collect()
+    report = run_infer(spark, own_lake, config, "2024-01-01", model_version="mb", table_version=0, incremental=True)
+    return {"lake": own_lake, "summary_before": summary_before, "predictions_before": predictions_before,
+            "report": report}
+
+
+def test_rerunning_a_past_interval_does_not_take_predictions_back_to_older_rows(spark, past_interval_rerun):
+    """Issue 12: the re-run of 2024-01-01 rewrote the 12 changed rows' predictions from their v0 content."""
+    lake = past_interval_rerun["lake"]
+    assert len(past_interval_rerun["predictions_before"]) == 60
+    assertDataFrameEqual(_predictions(spark, lake, "past"), past_interval_rerun["predictions_before"])
+
+
+def test_rerunning_a_past_interval_reproduces_its_summary(spark, past_interval_rerun):
+    lake = past_interval_rerun["lake"]
+    before = past_interval_rerun["summary_before"]
+    assert {r["scope"] for r in before} >= {"overall"} and before[0]["source_version"] == 0
+    assertDataFrameEqual(_summary(spark, lake, "past", "2024-01-01"), before, rtol=1e-9)
+
+
+def test_an_interval_rerun_on_another_table_version_replaces_its_summary_rows(spark, own_lake):
+    """One summary row per model version, interval and scope, whichever table version a re-run scored."""
+    D.write_clean(spark, own_lake, "again", D.rows(40, seed=5))
+    D.write_clean(spark, own_lake, "again", D.rows(20, start=900, seed=5))
+    config = D.config(own_lake, "again")
+    run_infer(spark, own_lake, config, "2024-01-01", model_version="mb", table_version=0)
+    report = run_infer(spark, own_lake, config, "2024-01-01", model_version="mb", table_version=1)
+    stored = _summary(spark, own_lake, "again", "2024-01-01")
+    assert len(report.summary) > 1
+    assert sorted((r["scope"], r["source_version"], r["rows"]) for r in stored.collect()) == sorted(
+        (r["scope"], 1, r["rows"]) for r in report.summary)
+
+
+def test_reusing_an_interval_scores_it_with_the_model_and_version_it_used_before(spark, own_lake):
+    from shardlake import registry
+
+    D.write_clean(spark, own_lake, "pin", D.rows(40, seed=6))
+    D.register_model(spark, own_lake, "pin", "first-model")
+    registry.promote(spark, own_lake.registry(), "first-model")
+    config = D.config(own_lake, "pin")
+    run_infer(spark, own_lake, config, "2024-01-01")
+    D.write_clean(spark, own_lake, "pin", D.rows(20, start=900, seed=6))
+    D.register_model(spark, own_lake, "pin", "second-model", seed=4)
+    registry.promote(spark, own_lake.registry(), "second-model")
+    again = run_infer(spark, own_lake, config, "2024-01-01", reuse_interval=True)
+    fresh = run_infer(spark, own_lake, config, "2024-01-02", reuse_interval=True)
+    assert (again.model_version, again.source_version) == ("first-model", 0)
+    assert (fresh.model_version, fresh.source_version) == ("second-model", 1)

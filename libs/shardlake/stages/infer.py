@@ -172,20 +172,41 @@ def _write(spark: SparkSession, path: str, predictions: DataFrame, key: Sequence
     report.rows_scored, report.rows_inserted, report.rows_updated = counts["scored"], counts["inserted"], counts["updated"]
 
 
+def pinned(spark: SparkSession, lake: Lake, dataset: str, logical_date: str, model_version: str | None,
+           table_version: int | None) -> tuple[str | None, int | None]:
+    """The model and table version an earlier run of the interval ``logical_date`` scored with, for
+    whichever of the two is not given; unchanged when the interval was never scored."""
+    recorded = [(m, v) for m, v in W.scored_interval(spark, lake.table(dataset, "inference_summary"), logical_date)
+                if model_version in (None, m) and not m.endswith(quantize.QUANTIZED_SUFFIX)]
+    if not recorded:
+        return model_version, table_version
+    if len(recorded) > 1:
+        raise InferenceError(f"interval {logical_date} was scored by {len(recorded)} model versions "
+                             f"{[m for m, _ in recorded]}; name the one to re-run (--model-version)")
+    model, version = recorded[0]
+    return model, table_version if table_version is not None else version
+
+
 def run_infer(spark: SparkSession, lake: Lake, config: AppConfig, logical_date: str,
               model_version: str | None = None, table_version: int | None = None,
               progress: Callable[[str], None] = lambda _m: None, incremental: bool | None = None,
-              quantize_model: bool | None = None, fail_on_partition: int | None = None) -> InferReport:
+              quantize_model: bool | None = None, fail_on_partition: int | None = None,
+              reuse_interval: bool = False) -> InferReport:
     """Score one exact version of the clean table, MERGE predictions, write and return the summary.
 
     ``incremental`` / ``quantize_model`` default to the configuration's infer settings;
+    ``reuse_interval``: a re-run of an interval scored before uses the model and table version it
+    used then, for whichever is not given (``pinned``), so it reproduces that interval's summary;
     ``fail_on_partition`` makes that partition's map task raise mid-write (a test hook).
     """
     started = time.monotonic()
     dataset, settings = config.dataset, config.infer
     incremental = settings.incremental if incremental is None else incremental
     quantize_model = settings.quantize if quantize_model is None else quantize_model
-    card = resolve_card(spark, lake, dataset.name, model_version or settings.model_version)
+    model_version = model_version or settings.model_version
+    if reuse_interval:
+        model_version, table_version = pinned(spark, lake, dataset.name, logical_date, model_version, table_version)
+    card = resolve_card(spark, lake, dataset.name, model_version)
     table_path = lake.table(dataset.name, "clean")
     newest = delta_log.newest_version(table_path)
     if newest is None:
@@ -221,7 +242,13 @@ def run_infer(spark: SparkSession, lake: Lake, config: AppConfig, logical_date: 
     marked = _cohorts(spark, source, card, table_path, version, key)
     features = [c for c in dict.fromkeys([*model.spec.numeric, *model.spec.categorical]) if c not in key]
     carry = [*([SPLIT] if SPLIT in source.columns else []), COHORT, *features]
-    current = I.for_source(delta_io.read_version(spark, path, report.predictions_version), marked, key, written_as,
+    stored = delta_io.read_version(spark, path, report.predictions_version)
+    # Rows whose stored prediction is of newer content than this version's (a re-run of a past
+    # interval after a later ingest changed them) were not written back; score them again here.
+    redo = S.with_lineage(score(model, I.unscored(source, stored, key, written_as, ROW_HASH, SOURCE_ROW_HASH), key,
+                                label, settings.batch_size, quantize_model), written_as, table_path, version,
+                         logical_date).persist()  # usually empty; the reduce reads it more than once
+    current = I.for_source(stored.unionByName(redo, allowMissingColumns=True), marked, key, written_as,
                            ROW_HASH, SOURCE_ROW_HASH, carry)
     same_version = card.get("table_path") == table_path and card.get("table_version") == version
     aggregates = _reduce(current, label, model.spec.kind, card, settings, same_version, report)
@@ -242,6 +269,7 @@ def run_infer(spark: SparkSession, lake: Lake, config: AppConfig, logical_date: 
     W.write_summary(spark, lake.table(dataset.name, "inference_summary"),
                     {"model_version": written_as, "source_version": version, "logical_date": logical_date},
                     report.summary, report.comparison)
+    redo.unpersist()
     report.seconds = round(time.monotonic() - started, 2)
     (run_dir / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2, default=str))
     return report

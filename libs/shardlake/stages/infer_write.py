@@ -53,7 +53,9 @@ def key_condition(key: Sequence[str], model_version: str) -> Column:
 
 def changed_condition(kind: str, label: str | None) -> str:
     """SQL (on t./s.) true when a matched prediction must be rewritten: the source row changed, or the
-    score moved beyond SCORE_TOLERANCE, or the prediction or label differ."""
+    score moved beyond SCORE_TOLERANCE, or the prediction or label differ; and never by a score of an
+    older table version than the one the prediction was made from (a re-run of a past interval must
+    not take a row back to its older content)."""
     score_moved = (f"(NOT (t.{SCORE} <=> s.{SCORE}) AND (t.{SCORE} IS NULL OR s.{SCORE} IS NULL "
                    f"OR abs(t.{SCORE} - s.{SCORE}) > {SCORE_TOLERANCE} * greatest(1.0, abs(t.{SCORE}))))")
     parts = [f"NOT (t.{SOURCE_ROW_HASH} <=> s.{SOURCE_ROW_HASH})", score_moved]
@@ -61,7 +63,8 @@ def changed_condition(kind: str, label: str | None) -> str:
         parts.append(f"NOT (t.{PREDICTION} <=> s.{PREDICTION})")
     if label:
         parts.append(f"NOT (t.`{label}` <=> s.`{label}`)")
-    return " OR ".join(parts)
+    not_older = f"(t.source_version IS NULL OR s.source_version >= t.source_version)"
+    return f"{not_older} AND ({' OR '.join(parts)})"
 
 
 def add_missing_columns(spark: SparkSession, path: str, schema: T.StructType) -> None:
@@ -144,17 +147,27 @@ def summary_frame(spark: SparkSession, run: Mapping[str, object], summary: Seque
 
 def write_summary(spark: SparkSession, path: str, run: Mapping[str, object], summary: Sequence[Mapping],
                   comparison: Mapping) -> None:
-    """Replace one run's summary rows (model version, source version, logical date) in one commit.
+    """Replace one interval's summary rows of one model version (one per scope) in one commit.
 
-    A re-run replaces its rows rather than adding more; a commit that lost to a concurrent run's
-    is retried on the new snapshot (the replace is idempotent).
+    A re-run of the interval replaces its rows rather than adding more, whichever table version it
+    scored; a commit that lost to a concurrent run's is retried on the new snapshot (the replace is
+    idempotent).
     """
     frame = summary_frame(spark, run, summary, comparison)
     rows_of_run = (f"model_version = {delta_io.sql_string(str(run['model_version']))} "
-                   f"AND source_version = {int(run['source_version'])} "
                    f"AND logical_date = DATE {delta_io.sql_string(str(run['logical_date']))}")
     # Created (or given the columns newer code writes) first: a creation race is then a retried
     # conflict, and the replace is one commit on an existing table.
     delta_io.retry_on_conflict(lambda: delta_io.ensure_table(spark, path, SUMMARY_SCHEMA, allow_evolution=True), path)
     delta_io.retry_on_conflict(
         lambda: frame.write.format("delta").mode("overwrite").option("replaceWhere", rows_of_run).save(path), path)
+
+
+def scored_interval(spark: SparkSession, path: str, logical_date: str) -> list[tuple[str, int]]:
+    """(model version, table version) of each scoring recorded for the interval ``logical_date``."""
+    if delta_log.newest_version(path) is None:
+        return []
+    rows = (delta_io.read_version(spark, path)
+            .where((F.col("logical_date") == F.to_date(F.lit(logical_date))) & (F.col("scope") == F.lit("overall")))
+            .select("model_version", "source_version").distinct().collect())
+    return sorted((r["model_version"], int(r["source_version"])) for r in rows)
