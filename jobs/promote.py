@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p = common.parser("Promotion gate: the candidate against the production model on the same test rows.")
     p.add_argument("--model-version", default=None,
                    help="default: the model the train job registered last for this configuration and code version")
+    p.add_argument("--judge-again", action="store_true",
+                   help="judge a candidate again although a gate decided on it before (default: report that decision)")
     p.add_argument("--json", action="store_true", help="print the decision as JSON")
     args = p.parse_args(argv)
     config = common.load(args)
@@ -38,10 +40,12 @@ def main(argv: list[str] | None = None) -> int:
                       f"in {lake.registry()}; run the train job first")
         return 1
     try:
-        decision = run_gate(spark, lake, config.dataset, config.train, model_version, config.infer.batch_size)
+        decision = run_gate(spark, lake, config.dataset, config.train, model_version, config.infer.batch_size,
+                            args.judge_again)
     except registry.PromotionError as err:
         console.print(f"[red]gate: not promoted:[/red] {err}")
         return REFUSED
+    common.write_result(args, decision.to_dict())
     print(json.dumps(decision.to_dict(), default=str) if args.json else json.dumps(decision.to_dict(), indent=2,
                                                                                     default=str))
     if not decision.promoted:

@@ -17,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
                       "(or TorchDistributor: train.backend=torch_distributor).")
     p.add_argument("--run-id", default=None,
                    help="resume or name a run (default: derived from config, table version and code version)")
+    p.add_argument("--table-version", type=int, default=None,
+                   help="clean table version to train on (default: train.table_version, else the latest)")
     p.add_argument("--promote", action="store_true",
                    help="run the promotion gate on the new model (as jobs/promote.py: against production, same test rows)")
     p.add_argument("--json", action="store_true", help="print the model card summary as JSON")
@@ -25,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     spark, lake = common.start(config)
     try:
-        _, card = train.fit(spark, lake, config, code_version(), args.run_id, log=console.print)
+        _, card = train.fit(spark, lake, config, code_version(), args.run_id, log=console.print,
+                            table_version=args.table_version)
     except train.TrainingError as err:
         console.print(f"[red]training failed:[/red] {err}")
         return 1
@@ -33,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.promote:
         decision = run_gate(spark, lake, config.dataset, config.train, card["model_version"], config.infer.batch_size)
         result.update(promoted=decision.promoted, gate=decision.to_dict())
+    common.write_result(args, result)
     print(json.dumps(result, default=str) if args.json else json.dumps(result, indent=2, default=str))
     return 0
 

@@ -112,3 +112,32 @@ def test_gating_an_unknown_model_is_refused(spark, models):
     with pytest.raises(registry.PromotionError, match="not in the registry"):
         run_gate(spark, models["lake"], D.config(models["lake"], "gate").dataset, SETTINGS, "nope")
 
+
+
+def test_a_rerun_of_a_past_gate_reports_its_decision_and_changes_nothing(spark, models):
+    """Issue 12: re-running an old interval's gate judged its candidate again against today's production model."""
+    lake = models["lake"]
+    registry.promote(spark, lake.registry(), "poor")
+    dataset = D.config(lake, "gate").dataset
+    first = run_gate(spark, lake, dataset, SETTINGS, "good")  # 'good' replaces 'poor'
+    registry.promote(spark, lake.registry(), "poor")  # later, another promotion puts 'poor' back
+    before = delta_io.read_version(spark, lake.registry()).collect()
+    again = run_gate(spark, lake, dataset, SETTINGS, "good")
+    assert (again.promoted, again.serving_version, again.champion_version, again.candidate_metric) == (
+        True, "good", "poor", first.candidate_metric)
+    assert sorted(map(repr, delta_io.read_version(spark, lake.registry()).collect())) == sorted(map(repr, before))
+
+
+def test_a_refused_candidate_serves_the_champion(spark, models):
+    decision = run_gate(spark, models["lake"], D.config(models["lake"], "gate").dataset, SETTINGS, "poor")
+    assert (decision.promoted, decision.serving_version, decision.to_dict()["serving_version"]) == (
+        False, "good", "good")
+
+
+def test_judging_again_replaces_the_recorded_decision(spark, models):
+    lake = models["lake"]
+    dataset = D.config(lake, "gate").dataset
+    run_gate(spark, lake, dataset, SETTINGS, "poor")
+    lenient = TrainSettings(promote_threshold=0.0, promote_margin=-1.0)  # anything passes
+    assert run_gate(spark, lake, dataset, lenient, "poor").promoted is False  # the recorded refusal
+    assert run_gate(spark, lake, dataset, lenient, "poor", judge_again=True).promoted is True

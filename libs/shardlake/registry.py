@@ -109,6 +109,15 @@ def _apply_gate(spark: SparkSession, registry_path: str, model_version: str, gat
     )
 
 
+def gate_record(spark: SparkSession, registry_path: str, model_version: str) -> dict | None:
+    """The gate figures recorded on ``model_version``'s row (GATE_COLUMNS), or None if no gate decided on it."""
+    if not delta_io.table_exists(spark, registry_path):
+        return None
+    row = (delta_io.read_version(spark, registry_path).where(F.col("model_version") == model_version)
+           .select(*GATE_COLUMNS).first())
+    return row.asDict() if row is not None and row["gate_decision"] is not None else None
+
+
 def production_model(spark: SparkSession, registry_path: str, dataset: str) -> Mapping | None:
     """Card of the dataset's production model, if any."""
     if not delta_io.table_exists(spark, registry_path):

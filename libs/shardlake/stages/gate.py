@@ -35,7 +35,7 @@ class GateDecision:
     higher_is_better: bool
     table_path: str
     table_version: int
-    test_rows: int
+    test_rows: int | None  # None: a decision recorded by an earlier run, not judged again
     candidate_metric: float
     champion_version: str | None
     champion_metric: float | None
@@ -44,8 +44,13 @@ class GateDecision:
     promoted: bool
     reason: str
 
+    @property
+    def serving_version(self) -> str | None:
+        """The production model after this decision: what inference of the gate's interval scores with."""
+        return self.model_version if self.promoted else self.champion_version
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "serving_version": self.serving_version}
 
     def figures(self) -> dict[str, object]:
         """What the registry row keeps of this decision (registry.GATE_COLUMNS)."""
@@ -91,16 +96,34 @@ def held_out_rows(spark: SparkSession, card: Mapping, label: str) -> DataFrame:
     return version.where((F.col(SPLIT) == F.lit("test")) & F.col(label).isNotNull())
 
 
+def recorded_decision(card: Mapping, recorded: Mapping, settings: TrainSettings) -> GateDecision:
+    """The decision an earlier gate run recorded on the candidate's row, as that run returned it."""
+    metric, higher = primary_metric(card["model_spec"]["kind"])
+    verdict = str(recorded["gate_decision"])
+    promoted = verdict == "promoted"
+    return GateDecision(card["model_version"], metric, higher, card["table_path"],
+                        int(recorded["gate_table_version"]), None, recorded["gate_metric"],
+                        recorded["champion_version"], recorded["champion_metric"], settings.promote_threshold,
+                        settings.promote_margin, promoted,
+                        "decided before: " + ("promoted" if promoted else verdict.removeprefix("refused: ")))
+
+
 def run_gate(spark: SparkSession, lake: Lake, dataset: DatasetSpec, settings: TrainSettings, model_version: str,
-             batch_size: int = 8192) -> GateDecision:
+             batch_size: int = 8192, judge_again: bool = False) -> GateDecision:
     """Judge ``model_version`` against the dataset's production model and record the decision in the registry.
 
+    A candidate a gate already decided on is not judged again (unless ``judge_again``): the recorded
+    decision is returned and nothing changes, so re-running a past interval's gate neither promotes
+    an older model over a newer one nor serves another model than that interval did.
     Raises ``registry.PromotionError`` for a model that is not registered.
     """
     path = lake.registry()
     card = registry.model_card(spark, path, model_version)
     if card is None:
         raise registry.PromotionError(f"model {model_version!r} is not in the registry {path}")
+    recorded = None if judge_again else registry.gate_record(spark, path, model_version)
+    if recorded is not None:
+        return recorded_decision(card, recorded, settings)
     metric, higher = primary_metric(card["model_spec"]["kind"])
     champion = registry.production_model(spark, path, dataset.name)
     already = champion is not None and champion["model_version"] == model_version

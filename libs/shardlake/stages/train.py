@@ -69,13 +69,18 @@ def _target_scale(spark: SparkSession, table_path: str, version: int, label: str
 
 def plan(spark: SparkSession, lake: Lake, config: AppConfig, run_id: str | None = None,
          fail_after_epoch: int | None = None, kill_after_epoch: int | None = None,
-         code_version: str = "unknown") -> TrainPlan:
-    """Resolve the table version, its exact files per split, feature statistics and the run folder."""
+         code_version: str = "unknown", table_version: int | None = None) -> TrainPlan:
+    """Resolve the table version, its exact files per split, feature statistics and the run folder.
+
+    ``table_version`` (the version a scheduled run's ingest produced) wins over train.table_version,
+    which wins over the table's latest version."""
     spec_ds, train = config.dataset, config.train
     table_path = lake.table(spec_ds.name, "clean")
     if not delta_io.table_exists(spark, table_path):
         raise TrainingError(f"{table_path}: no clean table; run the ingest first")
-    version = train.table_version if train.table_version is not None else delta_io.latest_version(spark, table_path)
+    version = next((v for v in (table_version, train.table_version) if v is not None), None)
+    if version is None:
+        version = delta_io.latest_version(spark, table_path)
     stats = feature_stats_for(spark, lake, spec_ds, version)
     label = spec_ds.label
     scale = _target_scale(spark, table_path, version, label.column) if label.kind == "regression" else {}
@@ -235,7 +240,8 @@ def _train(config: AppConfig, p: TrainPlan) -> dict:
 
 def fit(spark: SparkSession, lake: Lake, config: AppConfig, code_version: str = "unknown",
         run_id: str | None = None, fail_after_epoch: int | None = None,
-        log: Callable[[str], None] = print, kill_after_epoch: int | None = None) -> tuple[TabularModel, dict]:
+        log: Callable[[str], None] = print, kill_after_epoch: int | None = None,
+        table_version: int | None = None) -> tuple[TabularModel, dict]:
     """Train on one table version with the configured backend; write model, card, curve; register it.
 
     Re-running with the same run id resumes from the run folder's last checkpoint; re-running a run
@@ -243,7 +249,7 @@ def fit(spark: SparkSession, lake: Lake, config: AppConfig, code_version: str = 
     ``fail_after_epoch``/``kill_after_epoch`` inject a failure (tests of recovery).
     """
     started = time.monotonic()
-    p = plan(spark, lake, config, run_id, fail_after_epoch, kill_after_epoch, code_version)
+    p = plan(spark, lake, config, run_id, fail_after_epoch, kill_after_epoch, code_version, table_version)
     run_dir = Path(p.job.run_dir)
     # Held from before the registry check to the registration: one run of a model version at a time.
     with run_lock(run_dir):
