@@ -1,4 +1,4 @@
-"""One pipeline DAG per dataset of pipelines.yaml: ingest -> train -> gate -> infer.
+"""One pipeline DAG per dataset of pipelines.yaml: ingest -> retrain? -> (train -> gate) -> infer.
 
 Each task spark-submits a job of the project (jobs/<job>.py) with the project venv's spark-submit
 and the Delta jars. Parsing a DAG reads one small YAML file and the environment, nothing else: no
@@ -18,26 +18,55 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import logging
+
 import pendulum
 import yaml
 from airflow import DAG
+from airflow.models.dagrun import DagRun
 from airflow.models.param import Param
+from airflow.models.xcom import XCom
+from airflow.operators.python import BranchPythonOperator
+from airflow.utils.trigger_rule import TriggerRule
 
 from shardlake_airflow.operators import ShardlakeJobOperator
+from shardlake_airflow.schedule import should_retrain
+
+log = logging.getLogger(__name__)
 
 # Must match libs/shardlake/session.py (tests/test_airflow_dags.py checks it).
 DELTA_VERSION = "3.3.3"
 DELTA_ARTIFACTS = ("delta-spark_2.12", "delta-storage")
 # jobs/promote.py exits with this code when the gate refuses the model.
 GATE_REFUSED_EXIT_CODE = 3
-# An option only when the run names a model version; an empty argument is dropped by the operator.
-MODEL_VERSION_ARG = "{{ '--model-version=' ~ params.model_version if params.model_version else '' }}"
+# What one task hands the next (each job's --result-file, the task's XCom return_value).
+INGESTED_VERSION = "{{ ti.xcom_pull(task_ids='ingest')['table_version'] }}"
+CANDIDATE_ARG = "--model-version={{ params.model_version or ti.xcom_pull(task_ids='train')['model_version'] }}"
+# The model the interval is scored with: the run's param, else the one the gate left in production
+# (when training ran), else, with --reuse-interval, the one an earlier run of the interval used, else
+# production. An empty argument is dropped by the operator.
+SERVING_MODEL_ARG = (
+    "{% set gate = ti.xcom_pull(task_ids='gate') %}"
+    "{% set model = params.model_version or (gate['serving_version'] if gate else None) %}"
+    "{{ '--model-version=' ~ model if model else '' }}")
 
 SETTINGS = {
     "conf", "overrides", "schedule", "start_date", "catchup", "retries", "retry_delay_minutes",
     "execution_timeout_minutes", "owner", "spark_conn_id", "driver_memory", "spark_conf", "spark_env",
-    "description",
+    "description", "retrain_every_days", "retrain_on_drift",
 }
+
+
+def choose_branch(dag_run, dag, logical_date, params, on_drift: bool, **_) -> str:
+    """The retrain task: 'train' or straight to 'infer' (``schedule.should_retrain``), from the interval,
+    the DAG's start and the previous run's inference result; logs why."""
+    previous = DagRun.get_previous_dagrun(dag_run)  # a static method: the run is its argument
+    result = (XCom.get_one(key="return_value", dag_id=dag.dag_id, task_id="infer", run_id=previous.run_id)
+              if previous is not None else None)
+    retrain, reason = should_retrain(logical_date.date(), dag.start_date.date(), int(params["retrain_every_days"]),
+                                     result, previous is None, on_drift, params.get("retrain"))
+    log.info("%s: %s", "retraining" if retrain else "scoring with the production model", reason)
+    return "train" if retrain else "infer"
 
 
 @dataclass(frozen=True)
@@ -96,17 +125,29 @@ def dag_params(dataset: str, settings: Mapping[str, Any]) -> dict[str, Param]:
                            description="key=value config overrides, e.g. lake.root=/data/lake train.epochs=2"),
         "model_version": Param(None, type=["null", "string"],
                                description="gate and infer use this model instead of the one this run trains"),
+        "retrain": Param(None, type=["null", "boolean"],
+                         description="true/false: train (or not) in this run, whatever the schedule says"),
+        "retrain_every_days": Param(int(settings["retrain_every_days"]), type="integer", minimum=1,
+                                    description="days between scheduled retrainings, counted from start_date"),
     }
 
 
 def build_dag(dataset: str, settings: Mapping[str, Any], project: Project) -> DAG:
-    """The pipeline DAG of one dataset.
+    """The pipeline DAG of one dataset. Every task works on the run's data interval, never the clock.
 
-    gate: promote the model train just registered only if, on the same held-out test rows, it is at
-    least as good as the production model (train.promote_margin) and reaches
-    train.promote_threshold. Otherwise the gate task fails (not retried) and infer does not run, so
-    no predictions come from a model that did not pass; the previous production model stays.
-    infer: scores with the production model and stamps predictions with the run's logical date.
+    ingest: the interval's landing data (a source path template such as landing/{ds}/*.csv); hands
+    on the clean-table version it produced (recorded in ingest_runs; a re-run hands on the same).
+    retrain: a branch. Training runs on its own schedule (retrain_every_days from start_date), on
+    the DAG's first run, or when the previous interval's inference flagged drift (retrain_on_drift);
+    otherwise the run goes straight to infer.
+    train: on exactly the version ingest produced. gate: promote the model train registered only if,
+    on the same held-out test rows, it is at least as good as the production model
+    (train.promote_margin) and reaches train.promote_threshold; a refusal is an answer (the task
+    succeeds, production stays); a candidate decided before is not judged again.
+    infer: scores the version ingest produced with the model the gate left in production (or, when
+    training did not run, the production model, or on a re-run the model the interval used before),
+    stamps predictions with the run's logical date and writes one summary row per model, interval
+    and scope. Clearing and re-running an interval reproduces its predictions and summary.
     """
     default_args = {
         "owner": settings["owner"],
@@ -136,13 +177,21 @@ def build_dag(dataset: str, settings: Mapping[str, Any], project: Project) -> DA
         doc_md=build_dag.__doc__,
     ) as dag:
         ingest = ShardlakeJobOperator(
-            task_id="ingest", job="ingest", job_args=["--run-id", "airflow-{{ params.dataset }}-{{ ds }}"], **submit)
-        train = ShardlakeJobOperator(task_id="train", job="train", job_args=["--json"], **submit)
-        gate = ShardlakeJobOperator(task_id="gate", job="promote", job_args=[MODEL_VERSION_ARG, "--json"],
+            task_id="ingest", job="ingest", job_args=[
+                "--run-id", "airflow-{{ params.dataset }}-{{ ds }}", "--logical-date", "{{ ds }}",
+                "--interval-end", "{{ data_interval_end | ds }}"], **submit)
+        retrain = BranchPythonOperator(task_id="retrain", python_callable=choose_branch,
+                                       op_kwargs={"on_drift": bool(settings["retrain_on_drift"])})
+        train = ShardlakeJobOperator(task_id="train", job="train",
+                                     job_args=["--table-version", INGESTED_VERSION, "--json"], **submit)
+        gate = ShardlakeJobOperator(task_id="gate", job="promote", job_args=[CANDIDATE_ARG, "--json"],
                                     refused_exit_code=GATE_REFUSED_EXIT_CODE, **submit)
         infer = ShardlakeJobOperator(
-            task_id="infer", job="infer", job_args=["--logical-date", "{{ ds }}", MODEL_VERSION_ARG], **submit)
-        ingest >> train >> gate >> infer
+            task_id="infer", job="infer", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, job_args=[
+                "--logical-date", "{{ ds }}", "--table-version", INGESTED_VERSION, "--reuse-interval",
+                SERVING_MODEL_ARG], **submit)
+        ingest >> retrain >> [train, infer]
+        train >> gate >> infer
     return dag
 
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,9 +39,15 @@ class ShardlakeJobOperator(SparkSubmitOperator):
     spark-submit runs in the project folder, so a relative ``lake.root`` (conf/base.yaml: ./lake)
     is the same folder as under `make demo`, whichever folder the Airflow worker started in.
 
-    ``refused_exit_code``: the job's exit code for a deliberate refusal (the promotion gate below
-    its threshold). That failure is final: it is raised as AirflowFailException, which Airflow
-    does not retry, since a retry would refuse again.
+    The job writes its result as JSON (``--result-file``); the task returns it, so it is the task's
+    XCom ``return_value`` and later tasks template from it (the table version an ingest produced,
+    the model a gate left in production).
+
+    ``refused_exit_code``: the job's exit code for a deliberate refusal (the promotion gate not
+    promoting its candidate). With a result, a refusal is an answer, not a failure: the task
+    succeeds and returns it (a warning says so), and the interval is scored with the model that
+    stays in production. Without one (nothing to judge) it is final: AirflowFailException, which
+    Airflow does not retry, since a retry would refuse again.
     """
 
     template_fields: Sequence[str] = (*SparkSubmitOperator.template_fields, "job_args")
@@ -62,17 +70,25 @@ class ShardlakeJobOperator(SparkSubmitOperator):
         shared = self.render_template(run_args(context["params"], self.home), context, jinja_env)
         self.application_args = [str(a) for a in [*self.job_args, *shared] if str(a) != ""]
 
-    def execute(self, context) -> None:
-        """spark-submit from the project folder; a deliberate refusal fails the task without retries."""
-        with contextlib.chdir(self.home):
+    def execute(self, context) -> dict | None:
+        """spark-submit from the project folder; the job's result (the XCom), or a final failure on a refusal
+        without one."""
+        with tempfile.TemporaryDirectory(prefix=f"shardlake-{self.job}-") as folder, contextlib.chdir(self.home):
+            result = Path(folder, "result.json")
+            self.application_args = [f"--result-file={result}", *self.application_args]
             try:
-                return _SUBMIT(self, context)
+                _SUBMIT(self, context)
             except AirflowException as err:
                 code = self._exit_code()
-                if self.refused_exit_code is not None and code == self.refused_exit_code:
+                if self.refused_exit_code is None or code != self.refused_exit_code:
+                    raise
+                if not result.is_file():
                     raise AirflowFailException(
                         f"jobs/{self.job}.py refused (exit code {code}); not retried: {err}") from err
-                raise
+                answer = json.loads(result.read_text(encoding="utf-8"))
+                self.log.warning("jobs/%s.py refused (exit code %s): %s", self.job, code, answer.get("reason", answer))
+                return answer
+            return json.loads(result.read_text(encoding="utf-8")) if result.is_file() else None
 
     def _exit_code(self) -> int | None:
         """Exit code of the spark-submit process this task ran, if one ran."""
