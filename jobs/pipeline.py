@@ -1,7 +1,6 @@
 """The whole chain in one process: ingest -> train (+ promote) -> infer. What `make demo` runs."""
 from __future__ import annotations
 
-import datetime as dt
 import time
 
 from rich.console import Console
@@ -9,6 +8,7 @@ from rich.table import Table
 
 from jobs import common
 from jobs.versioning import code_version
+from shardlake.intervals import DataInterval
 from shardlake.reporting import print_infer, print_ingest
 from shardlake.stages import train
 from shardlake.stages.gate import run_gate
@@ -19,10 +19,13 @@ from shardlake.stages.ingest import run_ingest
 def main(argv: list[str] | None = None) -> int:
     """Run every stage on the configured dataset and print what each did and how long it took."""
     p = common.parser("Run ingest, training and inference end to end.")
-    p.add_argument("--logical-date", type=common.iso_date, default=None, help="default: today (UTC)")
+    p.add_argument("--logical-date", type=common.iso_date, required=True,
+                   help="the run's logical date, YYYY-MM-DD: stamps predictions and fills a source path template "
+                        "(a date the data is about, not the clock's)")
     args = p.parse_args(argv)
     config = common.load(args)
-    logical_date = args.logical_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
+    logical_date = args.logical_date
+    interval = DataInterval.daily(logical_date)
     console = Console(width=140)
     spark, lake = common.start(config)
     timings: dict[str, float] = {}
@@ -30,22 +33,27 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with console.status("ingest") as status:
         ingest = run_ingest(spark, lake, config.dataset, f"pipeline-{logical_date}", common.base_dir(args),
-                            progress=lambda m: status.update(f"ingest: {m}"))
+                            progress=lambda m: status.update(f"ingest: {m}"), interval=interval)
     timings["ingest"] = time.monotonic() - started
     print_ingest(ingest, console)
 
     started = time.monotonic()
-    _, card = train.fit(spark, lake, config, code_version(), log=console.print)
+    _, card = train.fit(spark, lake, config, code_version(), log=console.print, table_version=ingest.table_version)
     gate = run_gate(spark, lake, config.dataset, config.train, card["model_version"], config.infer.batch_size)
     timings["train"] = time.monotonic() - started
     console.print(f"model {card['model_version']}: validation {card['metric_name']} {card['validation_metric']:.4f}, "
                   f"test {card['test_metrics']}; promoted to production: {gate.promoted} ({gate.reason})")
     console.print(f"training curve: {card['model_dir']}/training_curve.png")
 
+    if gate.serving_version is None:
+        console.print(f"[red]no model to score with:[/red] the gate refused {card['model_version']} "
+                      f"({gate.reason}) and there is no production model")
+        return 1
     started = time.monotonic()
     with console.status("inference") as status:
-        report = run_infer(spark, lake, config, logical_date, model_version=card["model_version"],
-                           progress=lambda m: status.update(f"inference: {m}"))
+        # The model the gate left in production (a refused candidate does not score), on the version ingested.
+        report = run_infer(spark, lake, config, logical_date, model_version=gate.serving_version,
+                           table_version=ingest.table_version, progress=lambda m: status.update(f"inference: {m}"))
     timings["infer"] = time.monotonic() - started
     print_infer(report, console)
 

@@ -27,3 +27,27 @@ def test_a_layout_change_exits_2_with_the_way_out_and_the_rebuild_applies_it(spa
     expected = sorted((r[0], r[1]) for r in spark.sql(
         "SELECT id, CAST(pmod(xxhash64(id), 8) AS INT) FROM VALUES (1), (2) AS t(id)").collect())
     assert shards == expected
+
+
+def test_a_source_named_by_interval_without_a_logical_date_is_refused_before_spark(tmp_path, capsys):
+    toy_config(tmp_path, tmp_path / "orders.csv", tmp_path / "lake")
+    args = ["--conf", "conf/base.yaml", f"dataset={tmp_path / 'toy.yaml'}", f"lake.root={tmp_path / 'lake'}",
+            f"dataset.source.path={tmp_path}/landing/{{ds}}/orders.csv"]
+    assert ingest_job.main(args) == 2
+    refused = capsys.readouterr().err
+    assert "ingest refused:" in refused and "--logical-date" in refused and "Traceback" not in refused
+    assert not (tmp_path / "lake").exists()
+
+
+def test_the_ingest_writes_its_result_for_the_next_task(spark, tmp_path):
+    import json
+
+    landing = write_csv(tmp_path / "landing" / "2024-01-05" / "orders.csv", HEADER, ["1,c1,10.0,2,DE,AB1,1"])
+    toy_config(tmp_path, landing, tmp_path / "lake")
+    result = tmp_path / "out" / "result.json"
+    args = ["--conf", "conf/base.yaml", f"dataset={tmp_path / 'toy.yaml'}", f"lake.root={tmp_path / 'lake'}",
+            f"dataset.source.path={tmp_path}/landing/{{ds}}/orders.csv"]
+    assert ingest_job.main(["--logical-date", "2024-01-05", "--result-file", str(result), *args]) == 0
+    written = json.loads(result.read_text())
+    assert (written["run_id"], written["logical_date"], written["table_version"], written["rows_read"]) == (
+        "ingest-toy-2024-01-05", "2024-01-05", 0, 1)

@@ -13,8 +13,8 @@ def test_a_daily_interval_ends_the_next_day():
 
 
 def test_an_interval_that_ends_before_it_starts_is_refused():
-    with pytest.raises(IntervalError, match="the end must come after the start"):
-        DataInterval.daily("2024-01-02", "2024-01-02")
+    with pytest.raises(IntervalError, match="the end must not come before the start"):
+        DataInterval.daily("2024-01-02", "2024-01-01")
 
 
 def test_a_template_is_filled_from_the_interval_not_the_clock():

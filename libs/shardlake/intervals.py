@@ -34,7 +34,7 @@ def placeholders(template: str) -> list[str]:
 
 @dataclass(frozen=True)
 class DataInterval:
-    """[start, end) in whole days (the start is Airflow's ``ds``)."""
+    """[start, end) as dates (the start is Airflow's ``ds``; equal dates: an interval within that day)."""
 
     start: dt.date
     end: dt.date
@@ -44,8 +44,8 @@ class DataInterval:
         """The interval of a run: ``logical_date`` (YYYY-MM-DD) to ``end``, by default the next day."""
         start = dt.date.fromisoformat(logical_date)
         stop = dt.date.fromisoformat(end) if end else start + dt.timedelta(days=1)
-        if stop <= start:
-            raise IntervalError(f"data interval {start} to {stop}: the end must come after the start")
+        if stop < start:  # equal: an interval shorter than a day (an hourly schedule)
+            raise IntervalError(f"data interval {start} to {stop}: the end must not come before the start")
         return cls(start, stop)
 
     def values(self) -> dict[str, str]:

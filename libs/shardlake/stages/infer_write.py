@@ -63,7 +63,7 @@ def changed_condition(kind: str, label: str | None) -> str:
         parts.append(f"NOT (t.{PREDICTION} <=> s.{PREDICTION})")
     if label:
         parts.append(f"NOT (t.`{label}` <=> s.`{label}`)")
-    not_older = f"(t.source_version IS NULL OR s.source_version >= t.source_version)"
+    not_older = "(t.source_version IS NULL OR s.source_version >= t.source_version)"
     return f"{not_older} AND ({' OR '.join(parts)})"
 
 
