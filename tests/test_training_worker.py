@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from shardlake.training.sample import flights_like_frame, spec_from_files
-from shardlake.training.worker import (CHECKPOINT, HISTORY, CheckpointError, Comm, TrainJob, effective_learning_rate,
+from shardlake.training.worker import (CHECKPOINT, HISTORY, PREVIOUS_CHECKPOINT, CheckpointError, Comm, TrainJob, effective_learning_rate,
                                        load_checkpoint, run_training, should_stop, train_and_test)
 
 NUMERIC = ["sched_dep_hour", "distance", "month", "day_of_week", "temp", "humid", "wind_speed", "precip", "visib",
@@ -199,3 +199,25 @@ def test_a_torn_checkpoint_is_reported_as_unreadable(tmp_path):
     (tmp_path / CHECKPOINT).write_bytes(b"PK\x03\x04 torn")
     with pytest.raises(CheckpointError, match="unreadable"):
         load_checkpoint(tmp_path)
+
+
+def test_the_last_two_checkpoints_are_kept(splits, tmp_path):
+    job = make_job(splits, tmp_path, epochs=3)
+    run_training(job, Comm(), log=lambda _: None)
+    epochs = [int(torch.load(tmp_path / name, weights_only=True)["epoch"]) for name in (CHECKPOINT, PREVIOUS_CHECKPOINT)]
+    assert (epochs, sorted(p.name for p in tmp_path.glob("checkpoint*"))) == (
+        [2, 1], sorted([CHECKPOINT, PREVIOUS_CHECKPOINT]))
+
+
+def test_a_checkpoint_half_written_by_a_killed_rank_is_never_loaded(splits, tmp_path):
+    job = make_job(splits, tmp_path, epochs=1)
+    run_training(job, Comm(), log=lambda _: None)
+    (tmp_path / (CHECKPOINT + ".tmp")).write_bytes(b"PK\x03\x04 half of epoch 1")  # killed during torch.save
+    assert int(load_checkpoint(tmp_path, job.fingerprint())["epoch"]) == 0
+
+
+def test_a_torn_last_checkpoint_falls_back_to_the_one_before(splits, tmp_path):
+    job = make_job(splits, tmp_path, epochs=2)
+    run_training(job, Comm(), log=lambda _: None)
+    (tmp_path / CHECKPOINT).write_bytes(b"PK\x03\x04 torn")
+    assert int(load_checkpoint(tmp_path, job.fingerprint())["epoch"]) == 0

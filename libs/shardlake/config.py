@@ -243,6 +243,9 @@ class TrainSettings(_Strict):
     torch_threads: int | None = Field(default=None, ge=1,
                                       description="intra-op threads per rank on CPU; None = cores / ranks")
     start_timeout_s: int = Field(default=600, ge=10)
+    max_restarts: int = Field(default=2, ge=0, description=(
+        "times a failed training stage (a lost rank or executor) is started again by the job itself, resuming "
+        "from the last epoch checkpoint, before the job fails"))
     promote_threshold: float = Field(default=0.6, description=(
         "held-out test metric a model must reach for production: a floor for AUC (binary), a ceiling for RMSE "
         "(regression)"))

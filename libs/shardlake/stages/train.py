@@ -69,7 +69,8 @@ def _target_scale(spark: SparkSession, table_path: str, version: int, label: str
 
 def plan(spark: SparkSession, lake: Lake, config: AppConfig, run_id: str | None = None,
          fail_after_epoch: int | None = None, kill_after_epoch: int | None = None,
-         code_version: str = "unknown", table_version: int | None = None) -> TrainPlan:
+         code_version: str = "unknown", table_version: int | None = None,
+         kill_during_epoch: int | None = None) -> TrainPlan:
     """Resolve the table version, its exact files per split, feature statistics and the run folder.
 
     ``table_version`` (the version a scheduled run's ingest produced) wins over train.table_version,
@@ -104,7 +105,8 @@ def plan(spark: SparkSession, lake: Lake, config: AppConfig, run_id: str | None 
                    early_stopping_patience=train.early_stopping_patience, loader_workers=train.loader_workers,
                    loader_pool=train.loader_pool, shuffle_buffer=train.shuffle_buffer,
                    torch_threads=train.torch_threads, code_version=code_version,
-                   fail_after_epoch=fail_after_epoch, kill_after_epoch=kill_after_epoch)
+                   fail_after_epoch=fail_after_epoch, kill_after_epoch=kill_after_epoch,
+                   kill_during_epoch=kill_during_epoch)
     return TrainPlan(model_version, table_path, version, job, spec, config_hash)
 
 
@@ -175,6 +177,9 @@ def _card(config: AppConfig, p: TrainPlan, rank0: dict, seconds: float, weights_
         "history": rank0["history"],
         "test_metrics": rank0["test"],
         "resumed_from": rank0["resumed_from"],
+        # In-job recovery: how often the training stage was started again, and why.
+        "restarts": rank0.get("restarts", 0),
+        "restart_errors": rank0.get("restart_errors", []),
         "seconds": round(seconds, 2),
         "model_dir": p.job.run_dir,
         # The registered weights: a scorer can check that the file it loads is the one evaluated here.
@@ -225,31 +230,51 @@ def _registered_model(card: Mapping) -> TabularModel:
                             f"model: {err}") from err
 
 
-def _train(config: AppConfig, p: TrainPlan) -> dict:
-    """Run the configured backend on the plan's job; rank 0's result."""
-    try:
-        if config.train.backend == "horovod":
-            results = _run_horovod(p.job, config.train.num_proc, config.train.start_timeout_s)
-        else:
-            results = _run_torch_distributor(p.job, config.train.num_proc)
-    except Exception as err:  # Horovod/Spark wrap worker errors; keep the cause readable
-        raise TrainingError(f"training run {p.model_version} failed: {' '.join(str(err).split())[:800]}; "
-                            f"checkpoints are in {p.job.run_dir}: start the same run again to resume") from err
-    return next(r for r in results if r["rank"] == 0)
+def _run_backend(config: AppConfig, job: TrainJob) -> list[dict]:
+    if config.train.backend == "horovod":
+        return _run_horovod(job, config.train.num_proc, config.train.start_timeout_s)
+    return _run_torch_distributor(job, config.train.num_proc)
+
+
+def _train(config: AppConfig, p: TrainPlan, log: Callable[[str], None] = print) -> dict:
+    """Run the configured backend on the plan's job; rank 0's result, with the restarts it took.
+
+    A failed stage (a rank or executor lost: every rank of the barrier stage stops) is started again
+    from the last epoch checkpoint, up to train.max_restarts times, so the run ends with the same
+    epochs as one that never failed; only then does the job fail, saying how to resume by hand.
+    """
+    errors: list[str] = []
+    while True:
+        try:
+            results = _run_backend(config, p.job)
+            break
+        except Exception as err:  # Horovod/Spark wrap worker errors; keep the cause readable
+            cause = " ".join(str(err).split())[:800]
+            if len(errors) >= config.train.max_restarts:
+                spent = f" after {len(errors)} restart(s)" if errors else ""
+                raise TrainingError(f"training run {p.model_version} failed{spent}: {cause}; checkpoints are in "
+                                    f"{p.job.run_dir}: start the same run again to resume") from err
+            errors.append(cause[:300])
+            log(f"{p.model_version}: the training stage failed ({cause[:200]}); restart {len(errors)} of "
+                f"{config.train.max_restarts} from the last checkpoint")
+    rank0 = next(r for r in results if r["rank"] == 0)
+    return {**rank0, "restarts": len(errors), "restart_errors": errors}
 
 
 def fit(spark: SparkSession, lake: Lake, config: AppConfig, code_version: str = "unknown",
         run_id: str | None = None, fail_after_epoch: int | None = None,
         log: Callable[[str], None] = print, kill_after_epoch: int | None = None,
-        table_version: int | None = None) -> tuple[TabularModel, dict]:
+        table_version: int | None = None, kill_during_epoch: int | None = None) -> tuple[TabularModel, dict]:
     """Train on one table version with the configured backend; write model, card, curve; register it.
 
     Re-running with the same run id resumes from the run folder's last checkpoint; re-running a run
     the registry already holds returns its model and card untouched (no training, no registration).
-    ``fail_after_epoch``/``kill_after_epoch`` inject a failure (tests of recovery).
+    ``fail_after_epoch``/``kill_after_epoch``/``kill_during_epoch`` inject a failure (tests of recovery);
+    a failed training stage is started again up to train.max_restarts times (``_train``).
     """
     started = time.monotonic()
-    p = plan(spark, lake, config, run_id, fail_after_epoch, kill_after_epoch, code_version, table_version)
+    p = plan(spark, lake, config, run_id, fail_after_epoch, kill_after_epoch, code_version, table_version,
+             kill_during_epoch)
     run_dir = Path(p.job.run_dir)
     # Held from before the registry check to the registration: one run of a model version at a time.
     with run_lock(run_dir):
@@ -261,7 +286,7 @@ def fit(spark: SparkSession, lake: Lake, config: AppConfig, code_version: str = 
         log(f"training {p.model_version} on {p.table_path}@v{p.table_version} ({len(p.job.train_files)} train "
             f"files, backend {config.train.backend}, {config.train.num_proc} processes, code {code_version})")
         _check_resumable(p, log)
-        rank0 = _train(config, p)
+        rank0 = _train(config, p, log)
         for name in (WEIGHTS_FILE, SPEC_FILE):
             shutil.copyfile(run_dir / "best" / name, run_dir / name)
         card = _card(config, p, rank0, time.monotonic() - started, weights_digest(run_dir))

@@ -25,6 +25,7 @@ from shardlake.training.data import LoaderOptions, batches, shard_for
 from shardlake.training.metrics import metrics_for, primary_metric
 
 CHECKPOINT = "checkpoint.pt"
+PREVIOUS_CHECKPOINT = "checkpoint.previous.pt"
 HISTORY = "history.json"
 BEST_DIR = "best"
 LOCKSTEP_BLOCK = 32  # batches agreed on per collective (see _lockstep)
@@ -61,6 +62,9 @@ class TrainJob:
     # Fault injection for recovery tests; neither fires in a resumed run.
     fail_after_epoch: int | None = None  # every rank raises after this epoch's checkpoint
     kill_after_epoch: int | None = None  # rank ``kill_rank`` SIGKILLs itself after this epoch's checkpoint
+    # Rank ``kill_rank`` SIGKILLs itself after this epoch's first step, once per run folder (a
+    # restarted stage goes on): a rank lost mid-epoch, as a preempted node loses it.
+    kill_during_epoch: int | None = None
     kill_rank: int = 1
 
     @property
@@ -70,8 +74,8 @@ class TrainJob:
     def fingerprint(self) -> str:
         """What a checkpoint must match to be resumed: what is trained on, how and by which code, not the
         run folder, fault injection or speed knobs (reader pool and threads, torch threads)."""
-        ignored = ("run_dir", "fail_after_epoch", "kill_after_epoch", "kill_rank", "loader_workers", "loader_pool",
-                   "torch_threads")
+        ignored = ("run_dir", "fail_after_epoch", "kill_after_epoch", "kill_during_epoch", "kill_rank",
+                   "loader_workers", "loader_pool", "torch_threads")
         fields = {k: v for k, v in asdict(self).items() if k not in ignored}
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -227,25 +231,45 @@ def save_checkpoint(run_dir: Path, model, optimizer, epoch: int, history: list[d
     }
     tmp = run_dir / (CHECKPOINT + ".tmp")
     torch.save(state, tmp)
-    os.replace(tmp, run_dir / CHECKPOINT)  # atomic: a crash never leaves a torn checkpoint
+    current = run_dir / CHECKPOINT
+    if current.exists():
+        os.replace(current, run_dir / PREVIOUS_CHECKPOINT)  # the last two are kept
+    os.replace(tmp, current)  # atomic: a rank killed mid-write leaves only a .tmp, which is never loaded
 
 
-def load_checkpoint(run_dir: Path, job_fingerprint: str | None = None, code_version: str | None = None) -> dict | None:
-    """The run folder's checkpoint, or None. Never unpickles objects (weights_only=True).
-
-    With ``job_fingerprint`` (and ``code_version``), a checkpoint of another job (or written by other
-    code) is refused: resuming it would mix two trainings in one model.
-    """
-    path = run_dir / CHECKPOINT
-    if not path.exists():
-        return None
+def _read_checkpoint(path: Path) -> dict:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # weights_only refuses any object but tensors and plain values
         raise CheckpointError(f"{path}: refused to load: it holds more than tensors and plain values "
                               f"({' '.join(str(err).split())[:300]})") from err
     except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"{path}: unreadable checkpoint ({err}); remove it to start the run afresh") from err
+
+
+def _newest_readable(run_dir: Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint that loads: the last one, else the one before it (the last was lost or torn by
+    a failure between the two renames or on the storage); a refusal of its content is not passed over."""
+    paths = [p for p in (run_dir / CHECKPOINT, run_dir / PREVIOUS_CHECKPOINT) if p.exists()]
+    for index, path in enumerate(paths):
+        try:
+            return path, _read_checkpoint(path)
+        except CheckpointError as err:
+            if "refused to load" in str(err) or index == len(paths) - 1:
+                raise
+    return None
+
+
+def load_checkpoint(run_dir: Path, job_fingerprint: str | None = None, code_version: str | None = None) -> dict | None:
+    """The run folder's newest loadable checkpoint, or None. Never unpickles objects (weights_only=True).
+
+    With ``job_fingerprint`` (and ``code_version``), a checkpoint of another job (or written by other
+    code) is refused: resuming it would mix two trainings in one model.
+    """
+    found = _newest_readable(run_dir)
+    if found is None:
+        return None
+    path, state = found
     written_by = state.get("code_version")
     if code_version is not None and written_by is not None and written_by != code_version:
         raise CheckpointError(f"{path} belongs to another job: written by code version {written_by}, this run's is "
@@ -278,11 +302,24 @@ def _train_epoch(train_model, optimizer, loss_fn, job: TrainJob, spec: ModelSpec
         loss = loss_fn(out, target_of(target)).mean() * weight
         loss.backward()
         optimizer.step()
+        _kill_mid_epoch(job, comm, epoch)
         if batch is not None:
             total_loss += loss.detach().double() * len(batch[2])
             total_rows += len(batch[2])
     sums = comm.allreduce_sum(np.array([float(total_loss), total_rows], dtype=np.float64))
     return float(sums[0] / max(sums[1], 1)), int(sums[1])
+
+
+def _kill_mid_epoch(job: TrainJob, comm: Comm, epoch: int) -> None:
+    """The mid-epoch fault of a recovery test: the first time only (a marker in the run folder), so the
+    restarted stage trains on."""
+    if job.kill_during_epoch != epoch or comm.rank != job.kill_rank:
+        return
+    try:
+        os.close(os.open(Path(job.run_dir, f".killed-in-epoch-{epoch}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _inject_faults(job: TrainJob, comm: Comm, epoch: int, resumed: bool) -> None:
