@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     """Clean and shard the configured dataset into its Delta tables; print the accounting."""
     p = common.parser("Ingest a dataset into clean + quarantine Delta tables.")
     p.add_argument("--run-id", default=None,
-                   help="stable id of this run (default: ingest-<dataset>-<logical date>, or ingest-<UTC time> without one)")
+                   help="stable id of this run (default: ingest-<dataset>-<logical date>, "
+                        "or ingest-<UTC time> without one)")
     p.add_argument("--logical-date", type=common.iso_date, default=None,
                    help="start of the run's data interval, YYYY-MM-DD (Airflow's ds): fills a source path template")
     p.add_argument("--interval-end", type=common.iso_date, default=None,

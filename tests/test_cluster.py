@@ -1,10 +1,13 @@
 """The pipeline on a real Spark standalone cluster (a master and two workers on 127.0.0.1).
 
-Only the master URL changes; Horovod's two ranks must land on different workers.
+Only the master URL changes; Horovod's two ranks must land on different workers. A training rank's
+process SIGKILLed mid-run from outside is healed by the train job itself.
 """
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -27,19 +30,25 @@ def cluster(tmp_path_factory):
         yield running
 
 
-def _rank_workers(cluster) -> set[int]:
-    """Which workers host a Horovod rank right now (a rank runs in its executor's work folder)."""
+def _rank_processes(cluster) -> dict[int, int]:
+    """Worker index of each Horovod rank process running now, by pid (a rank runs in its executor's work folder)."""
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
-    seen = set()
+    ranks = {}
     for line in out.splitlines()[1:]:
         if "gloo_exec_fn" not in line:
             continue
+        pid = int(line.split(None, 1)[0])
         try:
-            cwd = os.readlink(f"/proc/{int(line.split(None, 1)[0])}/cwd")
+            cwd = os.readlink(f"/proc/{pid}/cwd")
         except OSError:
             continue
-        seen |= {i for i in range(len(cluster.workers)) if cwd.startswith(str(cluster.worker_dir(i)))}
-    return seen
+        ranks |= {pid: i for i in range(len(cluster.workers)) if cwd.startswith(str(cluster.worker_dir(i)))}
+    return ranks
+
+
+def _rank_workers(cluster) -> set[int]:
+    """Which workers host a Horovod rank right now."""
+    return set(_rank_processes(cluster).values())
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +92,40 @@ def test_cluster_ingest_accounts_for_every_source_row(spark, cluster_run):
     clean = delta_io.read_version(spark, lake.table("flights", "clean")).count()
     quarantined = delta_io.read_version(spark, lake.table("flights", "quarantine")).count()
     assert clean + quarantined == len(cluster_run["rows"])
+
+
+@pytest.fixture(scope="module")
+def healed_training(cluster, spark, tmp_path_factory):
+    """jobs/train.py on the cluster (3 epochs, 2 ranks); once the first epoch's checkpoint is written, one rank's
+    process is SIGKILLed from outside, as a preempted node would lose it."""
+    from shardlake.training.sample import flights_like_frame, write_clean_table
+
+    root = tmp_path_factory.mktemp("healed")
+    lake = Lake.at(root / "lake")
+    write_clean_table(spark, lake.table("flights", "clean"), flights_like_frame(3000, seed=5, shards=3))
+    command = [sys.executable, "-m", "jobs.train", "--json", f"spark.master={cluster.master_url}",
+               f"lake.root={lake.root}", "train.epochs=3", "train.batch_size=64", "train.num_proc=2",
+               "train.max_restarts=2", "train.early_stopping_patience=5", "spark.settings.spark.executor.memory=1g",
+               "spark.settings.spark.driver.memory=1g"]
+    log_path, killed = root / "train.log", None
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(command, cwd=REPO, env=spark_env(), stdout=log, stderr=subprocess.STDOUT)
+        while proc.poll() is None:
+            ranks = _rank_processes(cluster)
+            if killed is None and ranks and list(Path(lake.root).rglob("checkpoint.pt")):
+                killed = min(ranks)
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.2)
+    output = log_path.read_text()
+    assert proc.returncode == 0, output[-4000:]
+    card = json.loads(next(Path(lake.root).rglob("card.json")).read_text())
+    return {"card": card, "killed": killed, "output": output}
+
+
+def test_a_rank_killed_on_a_worker_is_restarted_by_the_job_and_training_ends(healed_training, reliability):
+    card = healed_training["card"]
+    reliability.record("a training rank's process SIGKILLed on a cluster worker (max_restarts=2)",
+                       "the job restarted training from the last checkpoint and finished", 0, 0)
+    assert healed_training["killed"] is not None
+    assert (card["restarts"], card["epochs_run"], [h["epoch"] for h in card["history"]]) == (1, 3, [0, 1, 2])
+    assert card["resumed_from"] >= 1 and "restart 1 of 2" in healed_training["output"]

@@ -238,7 +238,7 @@ def _gloo_ranks() -> list[int]:
     return [int(line.split(None, 1)[0]) for line in out.splitlines()[1:] if "gloo_exec_fn" in line]
 
 
-def test_killed_training_rank_fails_clearly_and_the_rerun_resumes(spark, tmp_path, reliability):
+def test_killed_training_rank_with_no_restart_left_fails_clearly_and_the_rerun_resumes(spark, tmp_path, reliability):
     sample, _ = write_sample(tmp_path / "data", every=50)
     lake = Lake.at(tmp_path / "lake")
     overrides = _overrides(lake, sample, "train.epochs=4", "train.batch_size=32", "train.promote_threshold=0.0",
@@ -247,8 +247,9 @@ def test_killed_training_rank_fails_clearly_and_the_rerun_resumes(spark, tmp_pat
                           capture_output=True, timeout=900).returncode == 0
     run_dir = lake.model_dir("flights", "kill-test")
     log = (tmp_path / "train.log").open("w")
-    proc = subprocess.Popen(_job("train", "--run-id", "kill-test", *overrides), cwd=REPO, env=spark_env(),
-                            stdout=log, stderr=subprocess.STDOUT)
+    # No in-job restart (train.max_restarts=0): the failure a person sees once the restarts are spent.
+    proc = subprocess.Popen(_job("train", "--run-id", "kill-test", *overrides, "train.max_restarts=0"), cwd=REPO,
+                            env=spark_env(), stdout=log, stderr=subprocess.STDOUT)
     killed = False
     deadline = time.monotonic() + 600
     while proc.poll() is None and time.monotonic() < deadline:
@@ -265,7 +266,7 @@ def test_killed_training_rank_fails_clearly_and_the_rerun_resumes(spark, tmp_pat
                            capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     card = json.loads((run_dir / "card.json").read_text())
-    reliability.record("training rank killed after a checkpoint",
+    reliability.record("training rank killed after a checkpoint, no restart allowed",
                        f"failed with a resume hint; rerun resumed from epoch {card['resumed_from']}", 0, 0)
     assert card["resumed_from"] is not None and card["resumed_from"] >= 1
     assert [h["epoch"] for h in card["history"]] == [0, 1, 2, 3]
