@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from shardlake.training.sample import flights_like_frame, spec_from_files
-from shardlake.training.worker import (CHECKPOINT, HISTORY, PREVIOUS_CHECKPOINT, CheckpointError, Comm, TrainJob, effective_learning_rate,
-                                       load_checkpoint, run_training, should_stop, train_and_test)
+from shardlake.training.worker import (CHECKPOINT, HISTORY, PREVIOUS_CHECKPOINT, CheckpointError, Comm, TrainJob,
+                                       effective_learning_rate, load_checkpoint, run_training, should_stop,
+                                       train_and_test)
 
 NUMERIC = ["sched_dep_hour", "distance", "month", "day_of_week", "temp", "humid", "wind_speed", "precip", "visib",
            "seats", "engines"]

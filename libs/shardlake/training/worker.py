@@ -36,6 +36,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that may not be resumed: another job's, or one holding more than tensors and plain values."""
 
 
+class UnreadableCheckpointError(CheckpointError):
+    """A checkpoint file that does not load at all (torn, truncated): an older one may stand in for it."""
+
+
 @dataclass(frozen=True)
 class TrainJob:
     """Plain inputs of one training run (picklable, no Spark objects)."""
@@ -244,7 +248,8 @@ def _read_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"{path}: refused to load: it holds more than tensors and plain values "
                               f"({' '.join(str(err).split())[:300]})") from err
     except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({err}); remove it to start the run afresh") from err
+        raise UnreadableCheckpointError(f"{path}: unreadable checkpoint ({err}); remove it to start the run "
+                                        "afresh") from err
 
 
 def _newest_readable(run_dir: Path) -> tuple[Path, dict] | None:
@@ -254,8 +259,8 @@ def _newest_readable(run_dir: Path) -> tuple[Path, dict] | None:
     for index, path in enumerate(paths):
         try:
             return path, _read_checkpoint(path)
-        except CheckpointError as err:
-            if "refused to load" in str(err) or index == len(paths) - 1:
+        except UnreadableCheckpointError:
+            if index == len(paths) - 1:
                 raise
     return None
 
