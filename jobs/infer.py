@@ -52,8 +52,7 @@ def _result(report) -> dict:
             "logical_date": report.logical_date, "rows_scored": report.rows_scored,
             "predictions_version": report.predictions_version, "run_dir": report.run_dir,
             "drift": sorted(report.drift), "distribution_drift": sorted(report.distribution_drift),
-            "sanity_failed": sorted(report.sanity_failed),
-            "drifted": bool(report.drift or report.distribution_drift)}
+            "sanity_failed": sorted(report.sanity_failed)}
 
 
 if __name__ == "__main__":

@@ -11,14 +11,13 @@ Where the project is, taken from the environment of the process that parses the 
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-
-import logging
 
 import pendulum
 import yaml

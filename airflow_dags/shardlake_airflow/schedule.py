@@ -29,7 +29,8 @@ def should_retrain(logical_date: dt.date, start_date: dt.date, every_days: int, 
     days = (logical_date - start_date).days
     if days % every_days == 0:
         return True, f"on the retraining schedule (every {every_days} days from {start_date})"
-    drifted = sorted({*(previous or {}).get("drift", []), *(previous or {}).get("distribution_drift", [])})
+    previous = previous or {}
+    drifted = sorted({*previous.get("drift", []), *previous.get("distribution_drift", [])})
     if on_drift and drifted:
         return True, f"the previous interval's inference flagged drift in {drifted}"
     return False, f"not on the retraining schedule (every {every_days} days) and no drift flagged before"

@@ -55,10 +55,8 @@ class DataInterval:
 
 
 def render(template: str, interval: DataInterval | None) -> str:
-    """``template`` with its placeholders filled from ``interval``; a path without any is returned as is."""
-    if not placeholders(template):
-        return template.replace("{{", "{").replace("}}", "}")
-    if interval is None:
+    """``template`` with its placeholders filled from ``interval`` (and ``{{``/``}}`` unescaped)."""
+    if placeholders(template) and interval is None:
         raise IntervalError(f"{template!r} names its files by data interval; give the run's logical date "
                             "(--logical-date YYYY-MM-DD, Airflow's {{ ds }})")
-    return template.format(**interval.values())
+    return template.format(**(interval.values() if interval else {}))

@@ -79,9 +79,15 @@ def record_refusal(spark: SparkSession, registry_path: str, model_version: str, 
                                registry_path)
 
 
+def _find(spark: SparkSession, registry_path: str, model_version: str):
+    """``model_version``'s registry row, or None (no registry yet, or not registered)."""
+    if not delta_io.table_exists(spark, registry_path):
+        return None
+    return delta_io.read_version(spark, registry_path).where(F.col("model_version") == model_version).first()
+
+
 def _row(spark: SparkSession, registry_path: str, model_version: str):
-    row = (delta_io.read_version(spark, registry_path).where(F.col("model_version") == model_version).first()
-           if delta_io.table_exists(spark, registry_path) else None)
+    row = _find(spark, registry_path, model_version)
     if row is None:
         raise PromotionError(f"model {model_version!r} is not in the registry {registry_path}")
     return row
@@ -111,11 +117,8 @@ def _apply_gate(spark: SparkSession, registry_path: str, model_version: str, gat
 
 def gate_record(spark: SparkSession, registry_path: str, model_version: str) -> dict | None:
     """The gate figures recorded on ``model_version``'s row (GATE_COLUMNS), or None if no gate decided on it."""
-    if not delta_io.table_exists(spark, registry_path):
-        return None
-    row = (delta_io.read_version(spark, registry_path).where(F.col("model_version") == model_version)
-           .select(*GATE_COLUMNS).first())
-    return row.asDict() if row is not None and row["gate_decision"] is not None else None
+    row = _find(spark, registry_path, model_version)
+    return {c: row[c] for c in GATE_COLUMNS} if row is not None and row["gate_decision"] is not None else None
 
 
 def production_model(spark: SparkSession, registry_path: str, dataset: str) -> Mapping | None:
@@ -129,9 +132,7 @@ def production_model(spark: SparkSession, registry_path: str, dataset: str) -> M
 
 def model_card(spark: SparkSession, registry_path: str, model_version: str) -> Mapping | None:
     """Card of one model version, if registered."""
-    if not delta_io.table_exists(spark, registry_path):
-        return None
-    row = delta_io.read_version(spark, registry_path).where(F.col("model_version") == model_version).first()
+    row = _find(spark, registry_path, model_version)
     return json.loads(row["card_json"]) if row else None
 
 

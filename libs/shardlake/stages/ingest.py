@@ -214,7 +214,7 @@ def _ensure_tables(spark: SparkSession, spec: DatasetSpec, schema, clean_path: s
 def _write_tables(spark: SparkSession, spec: DatasetSpec, report: IngestReport,
                   rows: tuple[DataFrame, DataFrame, T.StructType], paths: tuple[str, str],
                   ranges: dict[str, tuple[object, object]], progress: Callable[[str], None], stack: ExitStack,
-                  recorded: tuple[int | None, int | None] | None = None) -> None:
+                  recorded: tuple[int | None, int | None] = (None, None)) -> None:
     """Clean table, then the quarantine (with the rows that lost against the table); check each commit
     against what Delta recorded; undo this run's own commits on any failure. ``ranges``: the batch's
     range of each ``cluster_by`` column, the only part of the table its keys can match. ``recorded``:
@@ -249,7 +249,6 @@ def _write_tables(spark: SparkSession, spec: DatasetSpec, report: IngestReport,
     # Only now may a version that is not this run's own commit stand in for one that was not made.
     # A re-run of a run that committed before (an Airflow retry or clear) produced the versions it recorded then,
     # whatever other runs committed since: inference of its interval must score that version.
-    recorded = recorded or (None, None)
     report.quarantine_version = _latest_if_none(spark, quarantine_path, report.quarantine_version, recorded[1])
     report.table_version = _latest_if_none(spark, clean_path, report.table_version, recorded[0])
 

@@ -227,13 +227,13 @@ RUNS_SCHEMA = T.StructType([
 ])
 
 
-def recorded_versions(spark: SparkSession, path: str, run_id: str) -> tuple[int | None, int | None] | None:
-    """(clean, quarantine) versions an earlier attempt of ``run_id`` recorded, or None if it recorded none."""
+def recorded_versions(spark: SparkSession, path: str, run_id: str) -> tuple[int | None, int | None]:
+    """(clean, quarantine) versions an earlier attempt of ``run_id`` recorded; (None, None) if it recorded none."""
     if not delta_io.table_exists(spark, path):
-        return None
+        return None, None
     row = (delta_io.read_version(spark, path).where(F.col("run_id") == F.lit(run_id))
            .select("table_version", "quarantine_version").first())
-    return None if row is None else (row[0], row[1])
+    return (None, None) if row is None else (row[0], row[1])
 
 
 def record_run(spark: SparkSession, path: str, report: dict, keys: Sequence[str] = ("run_id",)) -> None:

@@ -79,7 +79,7 @@ def plan(spark: SparkSession, lake: Lake, config: AppConfig, run_id: str | None 
     table_path = lake.table(spec_ds.name, "clean")
     if not delta_io.table_exists(spark, table_path):
         raise TrainingError(f"{table_path}: no clean table; run the ingest first")
-    version = next((v for v in (table_version, train.table_version) if v is not None), None)
+    version = table_version if table_version is not None else train.table_version
     if version is None:
         version = delta_io.latest_version(spark, table_path)
     stats = feature_stats_for(spark, lake, spec_ds, version)
