@@ -90,8 +90,9 @@ def test_ingest_survives_a_killed_executor_with_exact_content(spark, tmp_path, r
 #   creation "window": the others try to create the clean table while the leader is half-way
 #     through creating it (its _delta_log folder exists, version 0 not yet), the moment a writer
 #     that starts a little later hits in unsynchronised runs; then the leader finishes.
-#   MERGE barrier: every writer's first MERGE into such a table waits until all writers are there,
-#     so all start on the same snapshot and Delta must refuse all but one.
+#   MERGE barrier: every writer's first write into such a table (a MERGE, or a first load into an
+#     empty table) waits until all writers are there, so all start on the same snapshot and Delta
+#     must refuse all but one.
 # A MERGE that Delta refuses with a conflict is printed as a "RACE:" line, then re-raised for the
 # product's own handling.
 RACING_INGEST = textwrap.dedent("""
@@ -107,7 +108,7 @@ RACING_INGEST = textwrap.dedent("""
     leader, others = writers[0], [w for w in writers if w != me]
     CONFLICTS = (X.DeltaConcurrentModificationException, X.ConcurrentWriteException, X.MetadataChangedException,
                  X.ProtocolChangedException, X.ConcurrentAppendException, X.ConcurrentDeleteReadException,
-                 X.ConcurrentDeleteDeleteException, X.ConcurrentTransactionException)
+                 X.ConcurrentDeleteDeleteException, X.ConcurrentTransactionException, delta_io.FirstLoadTaken)
 
     def signal(event):
         (barrier / f"{event}.{me}").touch()
@@ -121,6 +122,7 @@ RACING_INGEST = textwrap.dedent("""
             time.sleep(0.02)
 
     ensure_table, merge_by_key, execute = delta_io.ensure_table, delta_io.merge_by_key, DeltaMergeBuilder.execute
+    first_load = delta_io.first_load
     ensured, merging, target = set(), set(), [None]
 
     def ensure_table_in_turn(spark, path, *args, **kwargs):
@@ -147,26 +149,32 @@ RACING_INGEST = textwrap.dedent("""
             if first_call:
                 signal(f"ensured-{table}")
 
+    def at_the_barrier(path, write):
+        table = Path(path).name if path else None
+        if table in merge_tables and table not in merging:  # only the first write: a retry runs at once
+            merging.add(table)
+            signal(f"merge-{table}")
+            wait_for(f"merge-{table}", others)
+        try:
+            return write()
+        except CONFLICTS as err:
+            print(f"RACE: {me} lost the MERGE into {path} to a concurrent writer ({type(err).__name__})", flush=True)
+            raise
+
     def merge_by_key_noting_the_table(spark, path, *args, **kwargs):
         target[0] = path
         return merge_by_key(spark, path, *args, **kwargs)
 
     def execute_at_the_barrier(self):
-        path = target[0]
-        table = Path(path).name if path else None
-        if table in merge_tables and table not in merging:  # only the first MERGE: a retry runs at once
-            merging.add(table)
-            signal(f"merge-{table}")
-            wait_for(f"merge-{table}", others)
-        try:
-            return execute(self)
-        except CONFLICTS as err:
-            print(f"RACE: {me} lost the MERGE into {path} to a concurrent writer ({type(err).__name__})", flush=True)
-            raise
+        return at_the_barrier(target[0], lambda: execute(self))
+
+    def first_load_at_the_barrier(spark, path, *args, **kwargs):
+        return at_the_barrier(path, lambda: first_load(spark, path, *args, **kwargs))
 
     delta_io.ensure_table = ensure_table_in_turn
     delta_io.merge_by_key = merge_by_key_noting_the_table
     DeltaMergeBuilder.execute = execute_at_the_barrier
+    delta_io.first_load = first_load_at_the_barrier
     try:
         code = ingest.main(argv)
     finally:

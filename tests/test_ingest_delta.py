@@ -66,7 +66,7 @@ def test_merge_by_key_updates_changed_rows_and_inserts_new_keys(spark, lake_root
     version = delta_io.merge_by_key(spark, path, incoming, ["id"], changed_when="t.h <> s.h")
     assertDataFrameEqual(delta_io.read_version(spark, path, version),
                          spark.createDataFrame([(1, 10, 1.0), (2, 21, 2.5), (3, 30, 3.0)], schema))
-    assert delta_io.merge_counts(spark, path, version) == {"inserted": 1, "updated": 1, "deleted": 0}
+    assert delta_io.commit_counts(spark, path, version) == {"inserted": 1, "updated": 1, "deleted": 0}
 
 
 def test_a_merge_that_writes_nothing_returns_none_not_another_writers_version(spark, lake_root):
@@ -140,3 +140,56 @@ def test_session_settings_are_put_back_after_the_block(spark):
     with delta_io.commit_metadata(spark, {"run_id": "r1"}):
         assert spark.conf.get(key) == '{"run_id": "r1"}'
     assert spark.conf.get(key, None) is None
+
+
+def _empty_table(spark, path: str, schema: str) -> int:
+    delta_io.ensure_table(spark, path, spark.createDataFrame([], schema).schema)
+    return delta_io.latest_version(spark, path)
+
+
+def test_a_first_load_appends_into_the_empty_table_and_delta_records_its_rows(spark, lake_root):
+    path, schema = str(lake_root / "t"), "id int, v double"
+    empty_at = _empty_table(spark, path, schema)
+    rows = spark.createDataFrame([(1, 1.0), (2, 2.0)], schema)
+    with delta_io.commit_metadata(spark, {"run_id": "first"}):
+        version = delta_io.first_load(spark, path, rows, empty_at)
+    assert DeltaTable.forPath(spark, path).history(1).select("operation").first()[0] == "WRITE"
+    assert delta_io.commit_counts(spark, path, version) == {"inserted": 2, "updated": 0, "deleted": 0}
+    assertDataFrameEqual(delta_io.read_version(spark, path, version), rows)
+
+
+def test_a_first_load_after_another_first_load_of_the_same_empty_table_is_refused_as_a_conflict(spark, lake_root):
+    # Both writers found the table empty at the same version; the later one must not append its
+    # rows on top of the other's (with equal keys, every row would be there twice).
+    path, schema = str(lake_root / "t"), "id int, v double"
+    empty_at = _empty_table(spark, path, schema)
+    theirs = spark.createDataFrame([(1, 1.0)], schema)
+    with delta_io.commit_metadata(spark, {"run_id": "theirs"}):
+        delta_io.first_load(spark, path, theirs, empty_at)
+    with delta_io.commit_metadata(spark, {"run_id": "mine"}), pytest.raises(delta_io.FirstLoadTaken):
+        delta_io.first_load(spark, path, spark.createDataFrame([(1, 1.5)], schema), empty_at)
+    assertDataFrameEqual(delta_io.read_version(spark, path), theirs)
+
+
+def test_a_refused_first_load_is_retried_like_any_commit_conflict(spark):
+    attempts = []
+
+    def action():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise delta_io.FirstLoadTaken("t: another writer's first load committed first")
+        return "classified against the other writer's rows"
+
+    assert delta_io.retry_on_conflict(action, "t", pause_s=0) == "classified against the other writer's rows"
+    assert len(attempts) == 2
+
+
+def test_a_table_emptied_after_its_first_load_takes_a_first_load_again(spark, lake_root):
+    path, schema = str(lake_root / "t"), "id int, v double"
+    with delta_io.commit_metadata(spark, {"run_id": "first"}):
+        delta_io.first_load(spark, path, spark.createDataFrame([(1, 1.0)], schema), _empty_table(spark, path, schema))
+    spark.sql(f"DELETE FROM delta.`{path}`")
+    again = spark.createDataFrame([(2, 2.0)], schema)
+    with delta_io.commit_metadata(spark, {"run_id": "again"}):
+        delta_io.first_load(spark, path, again, delta_io.latest_version(spark, path))
+    assertDataFrameEqual(delta_io.read_version(spark, path), again)

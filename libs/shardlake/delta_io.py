@@ -1,9 +1,10 @@
 """Delta table writes and reads with the guarantees jobs rely on: idempotent, versioned, exact.
 
 Commits are the expensive part of small Delta writes (each one reloads the table's snapshot), so
-a new table is created with its CHECK constraints in one commit. Writes by key are always a MERGE,
-even into an empty table (two concurrent first loads must conflict, not both append), and a
-writer finds its own commit by the commit metadata it attached, not by "the latest version".
+a new table is created with its CHECK constraints in one commit. Writes by key are a MERGE; into
+a table found empty, an append that carries a first-load transaction id (``first_load``), so two
+concurrent first loads still conflict rather than both append. A writer finds its own commit by
+the commit metadata it attached, not by "the latest version".
 """
 from __future__ import annotations
 
@@ -117,6 +118,10 @@ class TableBeingCreated(RuntimeError):
     """Another writer is creating this table right now (its log exists, its first commit not yet)."""
 
 
+class FirstLoadTaken(RuntimeError):
+    """Another writer's first load committed into this table after this writer found it empty."""
+
+
 @contextmanager
 def _creation_race(path: str) -> Iterator[None]:
     """Turn Delta's "table not found" while another writer creates the table into a retriable conflict."""
@@ -222,6 +227,31 @@ def append(spark: SparkSession, path: str, source: DataFrame) -> int:
     return latest_version(spark, path)
 
 
+# The transaction id every first load carries (Delta records the latest version per id in the table).
+FIRST_LOAD_APP_ID = "shardlake-first-load"
+
+
+def first_load(spark: SparkSession, path: str, source: DataFrame, empty_at: int) -> int:
+    """Append ``source`` into a table that held no row at version ``empty_at``; the version committed.
+
+    The cheapest safe first write: a MERGE into an empty table still joins, and by default
+    materialises its source first. A blind append would let two concurrent first loads both
+    commit (every row twice), so each carries Delta's idempotent-write id (``txnAppId``, with
+    ``txnVersion`` = ``empty_at``): of two that race, Delta refuses the later commit
+    (ConcurrentTransactionException), and one that starts after the other committed is skipped
+    by Delta (its id's version is already recorded). Both come out as a conflict, so
+    ``retry_on_conflict`` runs the caller again, which then finds the other writer's rows. Table
+    versions only grow, so a table emptied later is first-loaded again under a higher version.
+    Needs the caller's commit metadata (``commit_metadata``) to find its commit.
+    """
+    (source.write.format("delta").mode("append")
+     .option("txnAppId", FIRST_LOAD_APP_ID).option("txnVersion", empty_at).save(path))
+    version = own_commit(spark, path, empty_at)
+    if version is None:
+        raise FirstLoadTaken(f"{path}: another writer's first load committed after version {empty_at}")
+    return version
+
+
 def merge_by_key(
     spark: SparkSession,
     path: str,
@@ -268,7 +298,8 @@ def _conflict_types() -> tuple[type[BaseException], ...]:
 
     return (X.DeltaConcurrentModificationException, X.ConcurrentWriteException, X.MetadataChangedException,
             X.ProtocolChangedException, X.ConcurrentAppendException, X.ConcurrentDeleteReadException,
-            X.ConcurrentDeleteDeleteException, X.ConcurrentTransactionException, TableBeingCreated)
+            X.ConcurrentDeleteDeleteException, X.ConcurrentTransactionException, TableBeingCreated,
+            FirstLoadTaken)
 
 
 def retry_on_conflict(action, path: str, attempts: int = 4, pause_s: float = 2.0):
@@ -291,11 +322,12 @@ def retry_on_conflict(action, path: str, attempts: int = 4, pause_s: float = 2.0
     raise AssertionError("unreachable")
 
 
-def merge_counts(spark: SparkSession, path: str, version: int | None) -> dict[str, int]:
-    """Rows inserted, updated and deleted by one MERGE commit, as Delta recorded them; zeros for None."""
+def commit_counts(spark: SparkSession, path: str, version: int | None) -> dict[str, int]:
+    """Rows inserted, updated and deleted by one MERGE or append commit, as Delta recorded them; zeros for None."""
     metrics = commit_metrics(spark, path, version) if version is not None else {}
-    names = {"inserted": "numTargetRowsInserted", "updated": "numTargetRowsUpdated",
-             "deleted": "numTargetRowsDeleted"}
+    # An append (a first load) records only its output rows: all of them inserted.
+    inserted = "numTargetRowsInserted" if "numTargetRowsInserted" in metrics else "numOutputRows"
+    names = {"inserted": inserted, "updated": "numTargetRowsUpdated", "deleted": "numTargetRowsDeleted"}
     return {what: int(metrics.get(name, 0)) for what, name in names.items()}
 
 

@@ -19,8 +19,8 @@ The plan, and why it is shaped this way (the cost is in passes over the data and
    In fail_fast mode the first bad row raises inside this pass, before any table exists or
    changes. The observed record count must equal the sum of the fates.
 5. The clean rows are classified against the table (new, same, newer, older, in conflict: the
-   in-batch rule, ``keys``) and MERGEd; into a table without rows all are new and the MERGE
-   only inserts. The check and the MERGE read only the table's files that overlap the batch's
+   in-batch rule, ``keys``) and MERGEd; into a table without rows all are new and are appended
+   (``delta_io.first_load``, which two concurrent first loads cannot both commit). The check and the MERGE read only the table's files that overlap the batch's
    ``cluster_by`` range. The quarantine gets the rejected rows and those that lose against the
    table, by record id. Each commit is checked against what Delta recorded (rows inserted,
    updated, the row-count change); on any failure the run's own commits (found by run id in
@@ -227,7 +227,7 @@ def _write_tables(spark: SparkSession, spec: DatasetSpec, report: IngestReport,
         try:
             progress("writing the clean table")
             clean, losers = W.write_clean(spark, clean_path, candidates, spec, stack, report.clean_rows, ranges)
-            report.write_mode = "merge into empty table" if clean.into_empty else "merge"
+            report.write_mode = "first load (append)" if clean.into_empty else "merge"
             report.table_version = clean.version
             W.check_commit(spark, clean_path, clean)
             count_losers(report, losers)

@@ -90,7 +90,7 @@ def check_commit(spark: SparkSession, path: str, written: Written) -> None:
             raise AccountingError(f"accounting mismatch: {path}: {written.inserted} rows to insert and "
                                   f"{written.updated} to update, but the MERGE made no commit")
         return
-    recorded = delta_io.merge_counts(spark, path, written.version)
+    recorded = delta_io.commit_counts(spark, path, written.version)
     grown = delta_log.row_count(path, written.version) - delta_log.row_count(path, written.version - 1)
     meant = {"inserted": written.inserted, "updated": written.updated, "deleted": 0}
     if recorded != meant or grown != written.inserted:
@@ -126,7 +126,7 @@ def write_clean(spark: SparkSession, path: str, candidates: DataFrame, spec: Dat
     def attempt() -> Written:
         version = delta_io.latest_version(spark, path)
         if delta_log.row_count(path, version) == 0:
-            return _first_load(spark, path, candidates, table_columns, spec, expected_rows, outcome)
+            return _first_load(spark, path, candidates, table_columns, expected_rows, outcome, version)
         attempt_stack = ExitStack()
         table = delta_io.read_version(spark, path, version)
         classified = _persisted(attempt_stack, K.against_table(candidates, table, spec.key, spec.order_by,
@@ -151,24 +151,22 @@ def write_clean(spark: SparkSession, path: str, candidates: DataFrame, spec: Dat
 
 
 def _first_load(spark: SparkSession, path: str, candidates: DataFrame, table_columns: Sequence[str],
-                spec: DatasetSpec, expected_rows: int, outcome: dict[str, DataFrame]) -> Written:
-    """Into a table without rows every candidate is new: no classification, an insert-only MERGE.
+                expected_rows: int, outcome: dict[str, DataFrame], empty_at: int) -> Written:
+    """Into a table without rows (at version ``empty_at``) every candidate is new: no classification.
 
-    Still a MERGE, not a blind append: it reads the (empty) table, so a concurrent first load
-    that commits first makes this one fail with Delta's conflict exception, and the retry then
-    classifies against the rows that writer left. Nothing loses against an empty table.
+    An append that still conflicts with a concurrent first load (``delta_io.first_load``): the
+    retry then classifies against the rows that writer left. Nothing loses against an empty table.
     """
     outcome["losers"] = candidates.limit(0).withColumn(K.AGAINST, F.lit(None).cast("string"))
-    return _insert_all(spark, path, candidates.select(*table_columns), spec.key, expected_rows, (C.SPLIT, C.SHARD))
+    return _insert_all(spark, path, candidates.select(*table_columns), expected_rows, empty_at)
 
 
-def _insert_all(spark: SparkSession, path: str, rows: DataFrame, key: Sequence[str], expected_rows: int,
-                prune_on: Sequence[str] = ()) -> Written:
-    """Insert every row into a table that had none (an insert-only MERGE, so a concurrent first
-    write still conflicts); ``expected_rows`` is their count, which the commit check holds it to."""
+def _insert_all(spark: SparkSession, path: str, rows: DataFrame, expected_rows: int, empty_at: int) -> Written:
+    """Insert every row into a table that held none at ``empty_at`` (``delta_io.first_load``);
+    ``expected_rows`` is their count, which the commit check holds it to."""
     written = Written(inserted=expected_rows, into_empty=True)
     if expected_rows:
-        written.version = delta_io.merge_by_key(spark, path, rows, key, prune_on=prune_on, update=False)
+        written.version = delta_io.first_load(spark, path, rows, empty_at)
     return written
 
 
@@ -177,12 +175,13 @@ def write_quarantine(spark: SparkSession, path: str, records: DataFrame, stack: 
     """Insert the quarantine records whose id the table lacks (a re-run's records are already there).
 
     ``expected_rows`` is the records' count: into a quarantine without rows all of them are new,
-    and no anti-join or count is needed (an insert-only MERGE, which still conflicts with a
+    and no anti-join or count is needed (``delta_io.first_load``, which still conflicts with a
     concurrent first write).
     """
     def attempt() -> Written:
-        if delta_io.is_empty(spark, path):
-            return _insert_all(spark, path, records, ["record_id"], expected_rows)
+        version = delta_io.latest_version(spark, path)
+        if delta_log.row_count(path, version) == 0:
+            return _insert_all(spark, path, records, expected_rows, version)
         attempt_stack = ExitStack()
         present = delta_io.read_version(spark, path).select("record_id")
         new = _persisted(attempt_stack, records.join(present, on="record_id", how="left_anti"))
