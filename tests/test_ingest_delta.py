@@ -193,3 +193,14 @@ def test_a_table_emptied_after_its_first_load_takes_a_first_load_again(spark, la
     with delta_io.commit_metadata(spark, {"run_id": "again"}):
         delta_io.first_load(spark, path, again, delta_io.latest_version(spark, path))
     assertDataFrameEqual(delta_io.read_version(spark, path), again)
+
+
+def test_a_merge_of_a_stable_source_gives_the_same_table_and_leaves_the_session_as_it_was(spark, lake_root):
+    path, schema = str(lake_root / "t"), "id int, v double"
+    spark.createDataFrame([(1, 1.0), (2, 2.0)], schema).write.format("delta").save(path)
+    staged = str(lake_root / "staged")
+    spark.createDataFrame([(2, 2.5), (3, 3.0)], schema).write.parquet(staged)
+    version = delta_io.merge_by_key(spark, path, spark.read.parquet(staged), ["id"], stable_source=True)
+    assertDataFrameEqual(delta_io.read_version(spark, path, version),
+                         spark.createDataFrame([(1, 1.0), (2, 2.5), (3, 3.0)], schema))
+    assert spark.conf.get(delta_io.MATERIALIZE_SOURCE, None) is None

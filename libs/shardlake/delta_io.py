@@ -200,6 +200,7 @@ def session_conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[N
 
 
 USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+MATERIALIZE_SOURCE = "spark.databricks.delta.merge.materializeSource"
 
 
 def commit_metadata(spark: SparkSession, metadata: Mapping[str, object]):
@@ -261,6 +262,7 @@ def merge_by_key(
     changed_when: str | None = None,
     update: bool = True,
     target_filter=None,
+    stable_source: bool = False,
 ) -> int | None:
     """MERGE ``source`` into the table on ``key``: insert new keys, update changed rows, never duplicate.
 
@@ -274,6 +276,11 @@ def merge_by_key(
     two concurrent first loads both commit and duplicate every row, while two MERGEs conflict
     and the loser fails with Delta's conflict exception (see ``retry_on_conflict``).
 
+    ``stable_source``: the source reads only data that cannot change while the MERGE runs (files
+    of the run's own staging folder, a pinned table version, local rows), so Delta need not copy
+    it aside first (``merge.materializeSource``, which guards against a source that changes
+    between the MERGE's two reads of it, at the cost of one more pass over the source).
+
     Returns the version this MERGE committed, or None when it committed nothing: Delta makes no
     commit for a MERGE that inserts and updates no row, and "the latest version" would then be
     another writer's commit, which this writer must never check or undo as its own.
@@ -283,7 +290,8 @@ def merge_by_key(
         condition = target_filter & condition
     # Without the caller's commit metadata, a marker of this one MERGE's own tells its commit apart.
     marked = nullcontext() if spark.conf.get(USER_METADATA, None) else commit_metadata(spark, {"merge": uuid4().hex})
-    with marked:
+    copied = session_conf(spark, {MATERIALIZE_SOURCE: "none"}) if stable_source else nullcontext()
+    with marked, copied:
         before = latest_version(spark, path)
         merge = DeltaTable.forPath(spark, path).alias("t").merge(source.alias("s"), condition)
         if update:

@@ -137,8 +137,9 @@ def write_clean(spark: SparkSession, path: str, candidates: DataFrame, spec: Dat
             if written.inserted or written.updated:
                 source = classified.where(F.col(K.AGAINST).isin(K.NEW, K.UPDATE)).select(*table_columns)
                 pruned = K.within(ranges or {}, "t", types)
+                # The source is staged files classified against a pinned table version: stable.
                 written.version = delta_io.merge_by_key(spark, path, source, spec.key, prune_on=(C.SPLIT, C.SHARD),
-                                                        changed_when=wins, target_filter=pruned)
+                                                        changed_when=wins, target_filter=pruned, stable_source=True)
         except BaseException:
             attempt_stack.close()
             raise
@@ -243,4 +244,4 @@ def record_run(spark: SparkSession, path: str, report: dict, keys: Sequence[str]
            json.dumps(report, sort_keys=True, default=str))
     delta_io.retry_on_conflict(lambda: delta_io.ensure_table(spark, path, RUNS_SCHEMA), path)
     source = spark.createDataFrame([row], RUNS_SCHEMA)
-    delta_io.retry_on_conflict(lambda: delta_io.merge_by_key(spark, path, source, list(keys)), path)
+    delta_io.retry_on_conflict(lambda: delta_io.merge_by_key(spark, path, source, list(keys), stable_source=True), path)

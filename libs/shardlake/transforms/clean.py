@@ -11,7 +11,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from shardlake.transforms.parse import PARSE_ERRORS, RAW_COLUMNS
+from shardlake.transforms.parse import PARSE_ERRORS, RAW_COLUMNS, error_list
 
 VIOLATIONS = "_violations"
 SHARD = "shard"
@@ -60,24 +60,23 @@ def _rule_checks(
     allowed: Mapping[str, Sequence[str]],
     patterns: Mapping[str, str],
     finite: Sequence[str],
-) -> list[Column]:
-    """One expression per rule: the rule's name when the row breaks it, else null."""
-    checks = [F.when(F.col(c).isNull(), F.lit(f"required:{c}")) for c in dict.fromkeys(required)]
+) -> dict[str, Column]:
+    """Each rule's name and the condition under which a row breaks it, in report order."""
+    checks = {f"required:{c}": F.col(c).isNull() for c in dict.fromkeys(required)}
     for column, (low, high) in ranges.items():
         bad = F.lit(False)
         if low is not None:
             bad = bad | (F.col(column) < F.lit(low))
         if high is not None:
             bad = bad | (F.col(column) > F.lit(high))
-        checks.append(F.when(F.col(column).isNotNull() & bad, F.lit(f"range:{column}")))
+        checks[f"range:{column}"] = F.col(column).isNotNull() & bad
     for column, values in allowed.items():
-        checks.append(F.when(F.col(column).isNotNull() & ~F.col(column).isin(list(values)),
-                             F.lit(f"allowed:{column}")))
+        checks[f"allowed:{column}"] = F.col(column).isNotNull() & ~F.col(column).isin(list(values))
     for column, pattern in patterns.items():
-        checks.append(F.when(F.col(column).isNotNull() & ~F.col(column).rlike(pattern), F.lit(f"pattern:{column}")))
+        checks[f"pattern:{column}"] = F.col(column).isNotNull() & ~F.col(column).rlike(pattern)
     for column in finite:
         value = F.col(column).cast("double")
-        checks.append(F.when(F.isnan(value) | value.isin(float("inf"), float("-inf")), F.lit(f"finite:{column}")))
+        checks[f"finite:{column}"] = F.isnan(value) | value.isin(float("inf"), float("-inf"))
     return checks
 
 
@@ -109,8 +108,8 @@ def flag_violations(
 
     A row that did not parse is judged on its parse errors alone, since its values are unreliable.
     """
-    checks = _rule_checks(required, ranges or {}, allowed or {}, patterns or {}, finite)
-    rule_hits = F.array_compact(F.array(*checks)) if checks else F.array().cast("array<string>")
+    # A row that breaks nothing (most of them) gets the empty list without building one entry per rule.
+    rule_hits = error_list(_rule_checks(required, ranges or {}, allowed or {}, patterns or {}, finite))
     parsed_ok = F.size(F.col(PARSE_ERRORS)) == 0
     violations = F.when(parsed_ok, rule_hits).otherwise(F.col(PARSE_ERRORS))
     return df.withColumn(VIOLATIONS, violations).drop(PARSE_ERRORS)
