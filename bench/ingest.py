@@ -22,13 +22,15 @@ Python's own peak RSS is printed too (the driver program collects only small res
 
 Recorded on the 2-core development machine (README, "Benchmarks", has the full tables):
           rows  copy s  floor s  ingest s  ratio  floor ratio  JVM RSS peak  heap peak
-     1,000,000     3.1      7.8      43.3  0.072        0.400         2536M      1882M
-     4,000,000    12.4     22.3     101.7  0.122        0.557         3015M      2516M
-(session 2, before issue 10's guarantees: 0.083 / 0.110 / 0.117 at 1M / 4M / 16M.) Targets
->= 0.4 and >= 0.75 of the floor: not met. Linear time: met; the Python driver stays flat.
-Nightly: the same 100k batch of new days into a 4M-row / 1M-row table: 27.3 s / 29.3 s = 0.93x
-(target <= 1.15x: met; 1.58x before cluster_by pruning); into an empty table 0.03x of a plain
-copy of the batch (target 0.1x: not met, fixed costs).
+     1,000,000     2.8      5.7      33.8  0.083        0.495         2718M      2056M
+     4,000,000    10.3     17.3      73.8  0.139        0.595         3596M      2974M
+(2026-12-03, first loads by append; before: 0.072 / 0.122; session 2, before issue 10's
+guarantees: 0.083 / 0.110 / 0.117 at 1M / 4M / 16M.) Targets >= 0.4 and >= 0.75 of the floor:
+not met. Linear time: met; the Python driver stays flat.
+Nightly: the same 100k batch of new days into a 4M-row / 1M-row table: 14.9 s / 15.4 s = 0.97x
+(target <= 1.15x: met; 0.93x at 27.3 s / 29.3 s before the MERGE stopped copying its source,
+1.58x before cluster_by pruning); into an empty table 11.2 s against a 0.34 s copy of the
+batch, 0.03x (target 0.1x: not met, fixed costs).
 """
 from __future__ import annotations
 
