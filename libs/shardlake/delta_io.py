@@ -272,9 +272,8 @@ def merge_by_key(
     rewrites nothing. ``target_filter`` (a Column on ``t.``) names the only target rows the
     source can match, so Delta reads only the files whose statistics can hold them (the
     condition's join part prunes nothing: Delta skips files by target-only predicates).
-    Always a MERGE, even into an empty table: a blind append there would let
-    two concurrent first loads both commit and duplicate every row, while two MERGEs conflict
-    and the loser fails with Delta's conflict exception (see ``retry_on_conflict``).
+    Into an empty table too two MERGEs conflict and the loser fails with Delta's conflict
+    exception (see ``retry_on_conflict``); ``first_load`` is the cheaper write there.
 
     ``stable_source``: the source reads only data that cannot change while the MERGE runs (files
     of the run's own staging folder, a pinned table version, local rows), so Delta need not copy
