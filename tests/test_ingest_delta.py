@@ -204,3 +204,30 @@ def test_a_merge_of_a_stable_source_gives_the_same_table_and_leaves_the_session_
     assertDataFrameEqual(delta_io.read_version(spark, path, version),
                          spark.createDataFrame([(1, 1.0), (2, 2.5), (3, 3.0)], schema))
     assert spark.conf.get(delta_io.MATERIALIZE_SOURCE, None) is None
+
+
+def test_the_log_lists_the_commits_after_a_version_newest_first(spark, lake_root):
+    path = str(lake_root / "t")
+    for i in range(3):
+        spark.createDataFrame([(i, float(i), 0)], SCHEMA).write.format("delta").mode("append").save(path)
+    assert [commit["version"] for commit in delta_log.commits_after(path, 0)] == [2, 1]
+    assert delta_log.commits_after(path, 2) == []
+    assert delta_log.commit_info(path, 1)["operationMetrics"]["numOutputRows"] == "1"
+
+
+def test_a_writers_own_commit_is_found_by_its_metadata_not_as_the_latest(spark, lake_root):
+    path = str(lake_root / "t")
+    spark.createDataFrame([(0, 0.0, 0)], SCHEMA).write.format("delta").save(path)
+    for run in ("mine", "theirs"):
+        with delta_io.commit_metadata(spark, {"run_id": run}):
+            spark.createDataFrame([(1, 1.0, 0)], SCHEMA).write.format("delta").mode("append").save(path)
+    with delta_io.commit_metadata(spark, {"run_id": "mine"}):
+        assert (delta_io.own_commit(spark, path, 0), delta_io.latest_version(spark, path)) == (1, 2)
+
+
+def test_the_latest_version_of_a_folder_without_a_table_is_refused(spark, lake_root):
+    from pyspark.errors import AnalysisException
+
+    (lake_root / "not-a-table").mkdir(parents=True)
+    with pytest.raises(AnalysisException):
+        delta_io.latest_version(spark, str(lake_root / "not-a-table"))

@@ -42,8 +42,10 @@ def table_exists(spark: SparkSession, path: str) -> bool:
 
 
 def latest_version(spark: SparkSession, path: str) -> int:
-    """The newest version of the Delta table at ``path``."""
-    return DeltaTable.forPath(spark, path).history(1).select("version").first()[0]
+    """The newest version of the Delta table at ``path``, read from its log (no Spark job)."""
+    version = delta_log.newest_version(path)
+    # No table there: Spark's lookup raises its own error, which callers already know.
+    return version if version is not None else DeltaTable.forPath(spark, path).history(1).select("version").first()[0]
 
 
 def read_version(spark: SparkSession, path: str, version: int | None = None) -> DataFrame:
@@ -55,10 +57,8 @@ def read_version(spark: SparkSession, path: str, version: int | None = None) -> 
 
 
 def commit_metrics(spark: SparkSession, path: str, version: int) -> dict[str, str]:
-    """operationMetrics of one commit (e.g. numSourceRows of a MERGE, numOutputRows of a WRITE)."""
-    history = DeltaTable.forPath(spark, path).history()
-    row = history.where(F.col("version") == version).select("operationMetrics").first()
-    return dict(row[0] or {}) if row else {}
+    """operationMetrics of one commit (e.g. numSourceRows of a MERGE, numOutputRows of a WRITE), from the log."""
+    return dict((delta_log.commit_info(path, version) or {}).get("operationMetrics") or {})
 
 
 def _schema_diff(existing: T.StructType, incoming: T.StructType) -> list[str]:
@@ -218,8 +218,9 @@ def own_commit(spark: SparkSession, path: str, after: int, marker: str | None = 
     marker = marker or spark.conf.get(USER_METADATA, None)
     if not marker:
         raise ValueError("own_commit needs commit metadata (delta_io.commit_metadata) to tell its commits apart")
-    history = DeltaTable.forPath(spark, path).history().where(F.col("version") > after)
-    return history.where(F.col("userMetadata") == marker).agg(F.max("version")).first()[0]
+    # From the log (delta-rs): a few commit files read, not a Spark job per lookup.
+    return max((entry["version"] for entry in delta_log.commits_after(path, after)
+                if entry.get("userMetadata") == marker), default=None)
 
 
 def append(spark: SparkSession, path: str, source: DataFrame) -> int:

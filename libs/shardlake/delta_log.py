@@ -34,6 +34,20 @@ def find_commit(path: str, after: int | None, token: str) -> dict | None:
     return None
 
 
+def commits_after(path: str, after: int) -> list[dict]:
+    """The commits (commitInfo, with ``version``) after version ``after``, newest first."""
+    from deltalake import DeltaTable as RsDeltaTable
+
+    table = RsDeltaTable(path)
+    newer = table.version() - after
+    return [entry for entry in table.history(newer)] if newer > 0 else []
+
+
+def commit_info(path: str, version: int) -> dict | None:
+    """One commit's commitInfo (operation, operationMetrics, userMetadata, ...), or None if absent."""
+    return next((entry for entry in commits_after(path, version - 1) if entry.get("version") == version), None)
+
+
 def row_count(path: str, version: int) -> int:
     """Rows in one table version, summed from the Delta log's file statistics (no data file read)."""
     import pyarrow as pa
