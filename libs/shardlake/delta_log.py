@@ -25,13 +25,8 @@ def find_commit(path: str, after: int | None, token: str) -> dict | None:
     None when the writer committed nothing: Delta skips the commit of a MERGE that inserts and
     updates no row.
     """
-    from deltalake import DeltaTable as RsDeltaTable
-
-    table = RsDeltaTable(path)
-    for entry in table.history(table.version() - (after if after is not None else -1)):
-        if token in (entry.get("userMetadata") or ""):
-            return entry
-    return None
+    return next((entry for entry in commits_after(path, after if after is not None else -1)
+                 if token in (entry.get("userMetadata") or "")), None)
 
 
 def commits_after(path: str, after: int) -> list[dict]:
@@ -40,7 +35,7 @@ def commits_after(path: str, after: int) -> list[dict]:
 
     table = RsDeltaTable(path)
     newer = table.version() - after
-    return [entry for entry in table.history(newer)] if newer > 0 else []
+    return table.history(newer) if newer > 0 else []
 
 
 def commit_info(path: str, version: int) -> dict | None:

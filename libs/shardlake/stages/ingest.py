@@ -20,11 +20,12 @@ The plan, and why it is shaped this way (the cost is in passes over the data and
    changes. The observed record count must equal the sum of the fates.
 5. The clean rows are classified against the table (new, same, newer, older, in conflict: the
    in-batch rule, ``keys``) and MERGEd; into a table without rows all are new and are appended
-   (``delta_io.first_load``, which two concurrent first loads cannot both commit). The check and the MERGE read only the table's files that overlap the batch's
-   ``cluster_by`` range. The quarantine gets the rejected rows and those that lose against the
-   table, by record id. Each commit is checked against what Delta recorded (rows inserted,
-   updated, the row-count change); on any failure the run's own commits (found by run id in
-   the commit metadata) are undone, never a concurrent writer's.
+   (``delta_io.first_load``, which two concurrent first loads cannot both commit). The check and
+   the MERGE read only the table's files that overlap the batch's ``cluster_by`` range. The
+   quarantine gets the rejected rows and those that lose against the table, by record id. Each
+   commit is checked against what Delta recorded (rows inserted, updated, the row-count change);
+   on any failure the run's own commits (found by run id in the commit metadata) are undone,
+   never a concurrent writer's.
 6. Rows per shard come from the Delta log (no scan). Feature statistics are fitted by training
    on the version it trains on (``feature_stats_for``), not by every load.
 
