@@ -236,6 +236,12 @@ def nightly(spark, args) -> dict:
     started = time.monotonic()
     plain_copy(spark, config, batch, work / "plain-batch")
     result["batch_copy_s"] = round(time.monotonic() - started, 2)
+    started = time.monotonic()
+    floor_copy(spark, config, batch, work / "floor-batch")
+    result["batch_floor_s"] = round(time.monotonic() - started, 2)
+    result["empty_floor_ratio"] = round(result["batch_copy_s"] / result["batch_floor_s"], 3)
+    for leftover in ("plain-batch", "floor-batch"):
+        shutil.rmtree(work / leftover, ignore_errors=True)
     empty_root = work / "nightly-empty"
     shutil.rmtree(empty_root, ignore_errors=True)
     empty_s, _, _ = _ingest(spark, empty_root, batch, "nightly-empty", args.overrides)
@@ -251,6 +257,9 @@ def print_nightly(result: dict) -> None:
     print(f"largest / smallest table: {result['merge_ratio']}x (target <= 1.15x: the cost follows the batch)")
     print(f"batch into an empty table: {result['batch_into_empty_s']} s; plain copy of the batch "
           f"{result['batch_copy_s']} s: ratio {result['empty_ratio']} (target >= 0.1)")
+    print(f"floor for the batch (native read, one row per key, a Delta write into a new table): "
+          f"{result['batch_floor_s']} s, ratio {result['empty_floor_ratio']}; the ingest reaches "
+          f"{result['empty_ratio'] / result['empty_floor_ratio']:.2f} of it")
 
 
 def main(argv: list[str] | None = None) -> int:

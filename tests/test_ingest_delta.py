@@ -215,6 +215,15 @@ def test_the_log_lists_the_commits_after_a_version_newest_first(spark, lake_root
     assert delta_log.commit_info(path, 1)["operationMetrics"]["numOutputRows"] == "1"
 
 
+def test_rows_with_a_value_are_read_from_the_latest_version_only(spark, lake_root):
+    path = str(lake_root / "t")
+    spark.createDataFrame([(1, 1.0, 0), (2, 2.0, 1)], SCHEMA).write.format("delta").save(path)
+    # A newer version removes the file holding id 1 and adds id 1 again with another value.
+    spark.createDataFrame([(1, 5.0, 0), (2, 2.0, 1)], SCHEMA).write.format("delta").mode("overwrite").save(path)
+    assert delta_log.rows_where(path, "id", 1, ["id", "v"]) == [{"id": 1, "v": 5.0}]
+    assert delta_log.rows_where(path, "id", 7, ["v"]) == []
+
+
 def test_a_writers_own_commit_is_found_by_its_metadata_not_as_the_latest(spark, lake_root):
     path = str(lake_root / "t")
     spark.createDataFrame([(0, 0.0, 0)], SCHEMA).write.format("delta").save(path)

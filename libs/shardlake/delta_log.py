@@ -54,6 +54,20 @@ def row_count(path: str, version: int) -> int:
     return int(sum(actions.column("num_records").to_pylist())) if actions.num_rows else 0
 
 
+def rows_where(path: str, column: str, value: object, columns: Sequence[str]) -> list[dict]:
+    """``columns`` of the latest version's rows whose ``column`` equals ``value``, read on the driver.
+
+    For a lookup of a few rows in a small bookkeeping table (a run's record in ingest_runs): a
+    Spark job for it costs half a second, the files' statistics let delta-rs read only those
+    that can hold the value.
+    """
+    import pyarrow.dataset as ds
+    from deltalake import DeltaTable as RsDeltaTable
+
+    dataset = RsDeltaTable(path).to_pyarrow_dataset()
+    return dataset.to_table(columns=list(columns), filter=ds.field(column) == value).to_pylist()
+
+
 def snapshot_files(path: str, version: int,
                    partition_filters: Sequence[tuple[str, str, str]] | None = None) -> list[str]:
     """Exact data files of one table version (optionally one partition), via the Delta log.

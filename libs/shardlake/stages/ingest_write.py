@@ -231,9 +231,8 @@ def recorded_versions(spark: SparkSession, path: str, run_id: str) -> tuple[int 
     """(clean, quarantine) versions an earlier attempt of ``run_id`` recorded; (None, None) if it recorded none."""
     if not delta_io.table_exists(spark, path):
         return None, None
-    row = (delta_io.read_version(spark, path).where(F.col("run_id") == F.lit(run_id))
-           .select("table_version", "quarantine_version").first())
-    return (None, None) if row is None else (row[0], row[1])
+    rows = delta_log.rows_where(path, "run_id", run_id, ["table_version", "quarantine_version"])
+    return (rows[0]["table_version"], rows[0]["quarantine_version"]) if rows else (None, None)
 
 
 def record_run(spark: SparkSession, path: str, report: dict, keys: Sequence[str] = ("run_id",)) -> None:
