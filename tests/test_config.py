@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from shardlake.config import ConfigError, load_config
-from shardlake.stages.ingest import all_rule_names, table_constraints
+from shardlake.stages.ingest_report import all_rule_names
+from shardlake.stages.ingest_write import table_constraints
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = REPO / "conf" / "base.yaml"

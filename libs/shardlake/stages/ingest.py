@@ -43,98 +43,31 @@ import re
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from uuid import uuid4
 
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from shardlake import delta_io, layout
-from shardlake.config import DatasetSpec, JoinSpec
+from shardlake.config import DatasetSpec
 from shardlake.intervals import DataInterval, render
 from shardlake.lake import Lake
 from shardlake.reading import read_parsed
+from shardlake.stages import ingest_rows as R
 from shardlake.stages import ingest_write as W
-from shardlake.stages.ingest_report import (  # noqa: F401  (IngestError, all_rule_names: the stage's API)
+from shardlake.stages.ingest_report import (
     FATES, IngestError, IngestReport, accounting_aggregates, all_rule_names, check_counts, cluster_ranges, count_losers,
-    fill_report, join_summary, per_file_fates, required_columns, set_key_rule_counts, shard_skew)
-from shardlake.stages.ingest_write import QUARANTINE_SCHEMA, RUNS_SCHEMA, table_constraints  # noqa: F401
+    fill_report, per_file_fates, set_key_rule_counts, shard_skew)
+from shardlake.stages.ingest_write import QUARANTINE_SCHEMA, table_constraints
 from shardlake.transforms import clean as C
 from shardlake.transforms import parse as P
 from shardlake.transforms.stats import FeatureStats, fit_feature_stats, training_rows
 
 log = logging.getLogger(__name__)
-
-
-def _kind_counts(parsed: DataFrame) -> tuple[DataFrame, Observation]:
-    """``parsed`` observed: records, blank lines and header lines counted as they are read."""
-    observation = Observation("records_read")
-    kind = F.col(P.RECORD_KIND)
-    observed = parsed.observe(observation, *[F.count(F.when(kind == F.lit(k), 1)).alias(k)
-                                             for k in (P.RECORD, P.BLANK, P.HEADER)])
-    return observed, observation
-
-
-def _records(parsed: DataFrame) -> DataFrame:
-    return parsed.where(F.col(P.RECORD_KIND) == F.lit(P.RECORD)).drop(P.RECORD_KIND)
-
-
-def join_table(parsed: DataFrame, join: JoinSpec) -> DataFrame:
-    """A parsed join source reduced to its records without parse errors, unique on its join keys.
-
-    Give it a cached ``parsed``: without that barrier the optimizer pushes the "parsed without
-    error" filter below the parse and inlines the CSV parser into it once per column it checks.
-    """
-    usable = _records(parsed).where(F.size(F.col(P.PARSE_ERRORS)) == 0).drop(*P.RAW_COLUMNS, P.PARSE_ERRORS)
-    return C.unique_by(usable, list(join.keys.values())) if join.dedupe else usable
-
-
-def _check_join(join: JoinSpec, summary: dict[str, int]) -> None:
-    """Refuse a join source declared unique (dedupe: false) that is not: it would multiply rows."""
-    if not join.dedupe and summary["duplicate_keys"]:
-        raise IngestError(
-            f"join {join.name!r} ({join.source.path}): {summary['duplicate_keys']} rows repeat a join key "
-            f"{list(join.keys.values())}, but the join has dedupe: false, which declares the keys unique; "
-            "a left row would be multiplied by each match. Fix the source, or set dedupe: true to keep one row "
-            "per key (the others are counted in the report). Nothing was written.")
-
-
-@contextmanager
-def _cached(df: DataFrame) -> Iterator[DataFrame]:
-    """``df`` persisted (memory, spilling to disk) for the block, released afterwards."""
-    cached = df.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        yield cached
-    finally:
-        cached.unpersist()
-
-
-def flag_records(parsed: DataFrame, spec: DatasetSpec, joins: list[tuple[JoinSpec, DataFrame]]) -> DataFrame:
-    """Parsed records enriched by joins and derived columns, with ``_violations`` and shard/split."""
-    df = parsed
-    for join, other in joins:
-        df = C.left_join(df, other, join.keys, join.select)
-    df = C.derive(df, spec.derived)
-    rules = spec.rules
-    df = C.flag_violations(
-        df,
-        required=required_columns(spec),
-        ranges={c: (r.min, r.max) for c, r in rules.ranges.items()},
-        allowed=rules.allowed,
-        patterns=rules.patterns,
-        finite=rules.finite,
-    )
-    return C.add_shard_and_split(df, spec.key, spec.shards, spec.splits.train, spec.splits.validation,
-                                 spec.splits.salt)
-
-
-def clean_schema(flagged: DataFrame) -> list[str]:
-    """Data columns of the clean table, in order (raw text and bookkeeping excluded)."""
-    return [c for c in flagged.columns if c not in (*P.RAW_COLUMNS, C.VIOLATIONS, C.FATE)]
 
 
 def _fail_fast_message(err: Exception) -> str | None:
@@ -188,19 +121,6 @@ def observed(values: dict, staged: DataFrame) -> dict:
                           "nothing was written; run it again")
     # Every other aggregate (rule counts, fill statistics, cluster ranges) is null, as over no rows.
     return defaultdict(lambda: None, {P.RECORD: 0, P.BLANK: 0, P.HEADER: 0, **{f"fate:{f}": 0 for f in FATES}})
-
-
-def clean_candidates(marked: DataFrame, fill_values: dict) -> DataFrame:
-    """Clean-fate rows with missing values filled and the content hash, raw text kept alongside."""
-    columns = clean_schema(marked)
-    kept = marked.where(F.col(C.FATE) == F.lit(C.CLEAN))
-    hashed = C.with_row_hash(C.fill_missing(kept, fill_values), [c for c in columns if c not in (C.SHARD, C.SPLIT)])
-    return hashed.select(*columns, C.ROW_HASH, *P.RAW_COLUMNS, C.VIOLATIONS, C.FATE)
-
-
-def clean_rows(marked: DataFrame, fill_values: dict) -> DataFrame:
-    """The rows for the clean table: clean fate, table columns, missing values filled, content hash."""
-    return clean_candidates(marked, fill_values).select(*clean_schema(marked), C.ROW_HASH)
 
 
 def _ensure_tables(spark: SparkSession, spec: DatasetSpec, schema, clean_path: str, quarantine_path: str) -> None:
@@ -279,19 +199,6 @@ def _table_statistics(spark: SparkSession, spec: DatasetSpec, report: IngestRepo
                     spec.name, report.skew_ratio, spec.skew_warn_ratio, report.shard_counts)
 
 
-def _read_joins(spark: SparkSession, spec: DatasetSpec, lake: Lake, base_dir: Path, report: IngestReport,
-                stack: ExitStack) -> list[tuple[JoinSpec, DataFrame]]:
-    """Each join source parsed, cached, summarised in the report and checked; then made unique."""
-    joins = []
-    for join in spec.joins:
-        parsed = stack.enter_context(_cached(read_parsed(
-            spark, join.source, [(c.name, c.type) for c in join.columns], lake.staging(), base_dir, False)))
-        report.joins[join.name] = join_summary(parsed, join)
-        _check_join(join, report.joins[join.name])
-        joins.append((join, join_table(parsed, join)))
-    return joins
-
-
 def _staging_folder(lake: Lake, run_id: str, stack: ExitStack) -> Path:
     """A folder of this run's own under the lake's staging area, removed when the run ends (either way)."""
     folder = lake.staging("ingest", f"{re.sub(r'[^A-Za-z0-9_.-]', '_', run_id)}-{uuid4().hex[:12]}")
@@ -303,7 +210,7 @@ def _check_existing(spark: SparkSession, spec: DatasetSpec, marked: DataFrame, c
     """Refuse a schema or layout change before the expensive pass; True when the table holds rows."""
     if not delta_io.table_exists(spark, clean_path):
         return False
-    delta_io.check_schema(spark, clean_path, clean_rows(marked, {}).schema, spec.allow_schema_evolution)
+    delta_io.check_schema(spark, clean_path, R.clean_rows(marked, {}).schema, spec.allow_schema_evolution)
     layout.check_layout(spark, clean_path, spec)
     return not delta_io.is_empty(spark, clean_path)
 
@@ -344,10 +251,10 @@ def run_ingest(
 
     with ExitStack() as stack:
         progress("checking the source schema")
-        parsed, observation = _kind_counts(read_parsed(spark, spec.source, columns, lake.staging(), base_dir,
+        parsed, observation = R.kind_counts(read_parsed(spark, spec.source, columns, lake.staging(), base_dir,
                                                        spec.allow_schema_evolution))
-        joins = _read_joins(spark, spec, lake, base_dir, report, stack)
-        flagged = flag_records(_records(parsed), spec, joins)
+        joins = R.read_joins(spark, spec, lake, base_dir, report, stack)
+        flagged = R.flag_records(R.records(parsed), spec, joins)
         if mode == "fail_fast":
             flagged = C.abort_on_violation(flagged)
         marked = C.mark_duplicates(flagged, spec.key, spec.order_by, spec.on_key_conflict)
@@ -359,10 +266,10 @@ def run_ingest(
         marked = marked.withColumn("_raw", F.when(keep_raw, F.col("_raw")))
         progress("parsing, checking rules and resolving duplicates")
         # The table's schema from the plan, not from the staged files (Parquet makes every column nullable).
-        schema = clean_rows(marked, {}).schema
+        schema = R.clean_rows(marked, {}).schema
         staged, ranges = _stage(spark, report, marked, spec, observation, _staging_folder(lake, run_id, stack))
         rejected = staged.where(F.col(C.FATE).isin(*C.REJECTED))
-        _write_tables(spark, spec, report, (clean_candidates(staged, report.fill_values), rejected, schema),
+        _write_tables(spark, spec, report, (R.clean_candidates(staged, report.fill_values), rejected, schema),
                       (clean_path, quarantine_path), ranges, progress, stack,
                       W.recorded_versions(spark, runs_path, run_id))
     if optimize:
