@@ -252,7 +252,7 @@ def run_ingest(
     with ExitStack() as stack:
         progress("checking the source schema")
         parsed, observation = R.kind_counts(read_parsed(spark, spec.source, columns, lake.staging(), base_dir,
-                                                       spec.allow_schema_evolution))
+                                                        spec.allow_schema_evolution))
         joins = R.read_joins(spark, spec, lake, base_dir, report, stack)
         flagged = R.flag_records(R.records(parsed), spec, joins)
         if mode == "fail_fast":

@@ -104,7 +104,7 @@ def clean_rows(marked: DataFrame, fill_values: dict) -> DataFrame:
 
 
 def read_joins(spark: SparkSession, spec: DatasetSpec, lake: Lake, base_dir: Path, report: IngestReport,
-                stack: ExitStack) -> list[tuple[JoinSpec, DataFrame]]:
+               stack: ExitStack) -> list[tuple[JoinSpec, DataFrame]]:
     """Each join source parsed, cached, summarised in the report and checked; then made unique."""
     joins = []
     for join in spec.joins:
