@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from shardlake.config import ConfigError, load_config
+from shardlake.config import ConfigError, load_config, task_retries
 from shardlake.stages.ingest_report import all_rule_names
 from shardlake.stages.ingest_write import table_constraints
 
@@ -83,3 +83,30 @@ def test_a_rule_on_an_unknown_column_is_refused_naming_the_key(tmp_path):
 def test_a_source_path_template_with_an_unknown_placeholder_is_refused_naming_the_field():
     with pytest.raises(ConfigError, match=r"dataset.source.path.*unknown placeholder \{date\}"):
         load_config([BASE], ["dataset=flights", "dataset.source.path=landing/{date}/*.csv"])
+
+
+def test_elastic_training_on_a_master_that_never_retries_a_task_is_refused_naming_the_field():
+    with pytest.raises(ConfigError, match=r"train.elastic: spark.master 'local\[2\]' never retries a failed task"):
+        load_config([BASE], ["spark.master=local[2]", "train.elastic.min_proc=1"])
+
+
+def test_elastic_training_needs_the_horovod_backend():
+    with pytest.raises(ConfigError, match=r"train: .*elastic: needs backend 'horovod'"):
+        load_config([BASE], ["spark.master=local[2,4]", "train.elastic.min_proc=1", "train.backend=torch_distributor"])
+
+
+def test_elastic_training_needs_num_proc_between_min_and_max_proc():
+    with pytest.raises(ConfigError, match=r"expected min_proc <= num_proc <= max_proc, got 1 <= 3 <= 2"):
+        load_config([BASE], ["spark.master=local[2,4]", "train.num_proc=3", "train.elastic.max_proc=2"])
+
+
+def test_elastic_training_on_a_master_with_task_retries_is_accepted():
+    config = load_config([BASE], ["spark.master=local[2,4]", "train.elastic.commit_every_steps=50"])
+    assert (config.train.elastic.min_proc, config.train.elastic.commit_every_steps) == (1, 50)
+
+
+@pytest.mark.parametrize(("master", "retries"), [("local", False), ("local[2]", False), ("local[*]", False),
+                                                 ("local[2,1]", False), ("local[2,4]", True), ("local[*, 3]", True),
+                                                 ("spark://host:7077", True), ("yarn", True)])
+def test_task_retries_follow_the_master_url(master, retries):
+    assert task_retries(master) is retries

@@ -21,7 +21,7 @@ from shardlake.config import load_config
 from shardlake.lake import Lake
 from shardlake.stages import train
 from shardlake.training.sample import flights_like_frame, write_clean_table
-from shardlake.training.worker import load_checkpoint
+from shardlake.training.checkpoint import load_checkpoint
 
 # Horovod's driver thread reports the killed run's Spark job as an unhandled thread exception.
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")]

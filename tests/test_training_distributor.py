@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from shardlake.training.distributor import TorchComm, leave_process_group
-from shardlake.training.worker import _lockstep
+from shardlake.training.worker import lockstep
 
 WORLD = 2
 
@@ -35,7 +35,7 @@ def _scenario(rank: int, port: int, out: str) -> None:
     seen["allgather"] = comm.allgather(mine).tolist()
     seen["allreduce"] = comm.allreduce_sum(np.array([rank + 1.0, 10.0])).tolist()
     stream = iter([np.full(2, rank)] * (5 if rank == 0 else 2))
-    seen["lockstep"] = [None if b is None else int(b[0]) for b in _lockstep(stream, comm, block=2)]
+    seen["lockstep"] = [None if b is None else int(b[0]) for b in lockstep(stream, comm, block=2)]
 
     torch.manual_seed(rank)  # different initial weights on each rank
     model = torch.nn.Linear(3, 1)

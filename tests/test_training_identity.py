@@ -24,7 +24,7 @@ from shardlake.lake import Lake
 from shardlake.models.tabular import WEIGHTS_FILE, build_model
 from shardlake.stages import train
 from shardlake.training.sample import flights_like_frame, write_clean_table
-from shardlake.training.worker import save_checkpoint
+from shardlake.training.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 CODE = "0.1.0+aaaaaaa"

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from shardlake.training.sample import flights_like_frame, spec_from_files
-from shardlake.training.worker import (CHECKPOINT, HISTORY, PREVIOUS_CHECKPOINT, CheckpointError, Comm, TrainJob,
-                                       effective_learning_rate, load_checkpoint, run_training, should_stop,
+from shardlake.training.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
+from shardlake.training.comm import Comm
+from shardlake.training.worker import (HISTORY, TrainJob, effective_learning_rate, run_training, should_stop,
                                        train_and_test)
 
 NUMERIC = ["sched_dep_hour", "distance", "month", "day_of_week", "temp", "humid", "wind_speed", "precip", "visib",
@@ -156,24 +157,6 @@ def test_the_checkpoint_holds_model_optimizer_epoch_and_rng_state(splits, tmp_pa
     assert isinstance(state["torch_rng"], torch.Tensor) and state["optimizer"]["state"]
 
 
-class _Marker:
-    """Unpickling this would create a file: proof that pickled code ran."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (str(self.path), "w"))
-
-
-def test_a_checkpoint_holding_a_pickled_object_is_refused_without_running_it(tmp_path):
-    marker = tmp_path / "pickle-ran"
-    torch.save({"epoch": 0, "model": {}, "payload": _Marker(marker)}, tmp_path / CHECKPOINT)
-    with pytest.raises(CheckpointError, match="refused"):
-        load_checkpoint(tmp_path)
-    assert not marker.exists()
-
-
 def test_a_checkpoint_of_another_job_is_not_resumed(splits, tmp_path):
     run_training(make_job(splits, tmp_path, epochs=1), Comm(), log=lambda _: None)
     with pytest.raises(CheckpointError, match="another job"):
@@ -194,31 +177,3 @@ def test_a_checkpoint_written_by_other_code_is_not_resumed(splits, tmp_path):
 def test_the_best_model_is_saved_as_safetensors_only(splits, tmp_path):
     run_training(make_job(splits, tmp_path, epochs=1), Comm(), log=lambda _: None)
     assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["model.safetensors", "model_spec.json"]
-
-
-def test_a_torn_checkpoint_is_reported_as_unreadable(tmp_path):
-    (tmp_path / CHECKPOINT).write_bytes(b"PK\x03\x04 torn")
-    with pytest.raises(CheckpointError, match="unreadable"):
-        load_checkpoint(tmp_path)
-
-
-def test_the_last_two_checkpoints_are_kept(splits, tmp_path):
-    job = make_job(splits, tmp_path, epochs=3)
-    run_training(job, Comm(), log=lambda _: None)
-    epochs = [int(torch.load(tmp_path / name, weights_only=True)["epoch"]) for name in (CHECKPOINT, PREVIOUS_CHECKPOINT)]
-    assert (epochs, sorted(p.name for p in tmp_path.glob("checkpoint*"))) == (
-        [2, 1], sorted([CHECKPOINT, PREVIOUS_CHECKPOINT]))
-
-
-def test_a_checkpoint_half_written_by_a_killed_rank_is_never_loaded(splits, tmp_path):
-    job = make_job(splits, tmp_path, epochs=1)
-    run_training(job, Comm(), log=lambda _: None)
-    (tmp_path / (CHECKPOINT + ".tmp")).write_bytes(b"PK\x03\x04 half of epoch 1")  # killed during torch.save
-    assert int(load_checkpoint(tmp_path, job.fingerprint())["epoch"]) == 0
-
-
-def test_a_torn_last_checkpoint_falls_back_to_the_one_before(splits, tmp_path):
-    job = make_job(splits, tmp_path, epochs=2)
-    run_training(job, Comm(), log=lambda _: None)
-    (tmp_path / CHECKPOINT).write_bytes(b"PK\x03\x04 torn")
-    assert int(load_checkpoint(tmp_path, job.fingerprint())["epoch"]) == 0

@@ -212,6 +212,14 @@ class DatasetSpec(_Strict):
         return [c.name for c in self.columns]
 
 
+def task_retries(master: str) -> bool:
+    """Whether Spark retries a failed task on ``master``: local[N] and local[*] never do, local[N,F] does for F >= 2."""
+    found = re.fullmatch(r"local(?:\[([^,\]]+)(?:,\s*(\d+))?\])?", master.strip())
+    if found is None:
+        return True  # a cluster master: spark.task.maxFailures (4 by default)
+    return found.group(2) is not None and int(found.group(2)) >= 2
+
+
 class SparkSettings(_Strict):
     master: str = "local[2]"
     app_name: str = "shardlake"
@@ -220,6 +228,18 @@ class SparkSettings(_Strict):
 
 class LakeSettings(_Strict):
     root: str = "./lake"
+
+
+class ElasticSettings(_Strict):
+    """Horovod elastic training (``horovod.spark.run_elastic``): a lost rank shrinks the ring instead of failing it."""
+
+    min_proc: int = Field(default=1, ge=1, description="fewest ranks training goes on with after losing some")
+    max_proc: int | None = Field(default=None, ge=1, description="most ranks taken in as they come back; None = num_proc")
+    commit_every_steps: int = Field(default=200, ge=1, description=(
+        "optimizer steps between commits of the in-memory state: the most steps a lost rank costs"))
+    reset_limit: int = Field(default=6, ge=1, description=(
+        "ring changes (a rank lost, a rank taken in again) after which the run fails like a plain one"))
+    timeout_s: int = Field(default=600, ge=10, description="how long the survivors wait for min_proc ranks")
 
 
 class TrainSettings(_Strict):
@@ -243,6 +263,9 @@ class TrainSettings(_Strict):
     torch_threads: int | None = Field(default=None, ge=1,
                                       description="intra-op threads per rank on CPU; None = cores / ranks")
     start_timeout_s: int = Field(default=600, ge=10)
+    elastic: ElasticSettings | None = Field(default=None, description=(
+        "train under horovod.spark.run_elastic (backend horovod): survivors of a lost rank roll back to the last "
+        "commit and go on"))
     max_restarts: int = Field(default=2, ge=0, description=(
         "times a failed training stage (a lost rank or executor) is started again by the job itself, resuming "
         "from the last epoch checkpoint, before the job fails"))
@@ -254,6 +277,23 @@ class TrainSettings(_Strict):
     promote_margin: float = Field(default=0.0, description=(
         "how much better than the production model, on the same test rows, a candidate must be to replace it "
         "(AUC up, RMSE down); negative tolerates a small loss"))
+
+    @model_validator(mode="after")
+    def _elastic_fits(self) -> "TrainSettings":
+        e = self.elastic
+        if e is None:
+            return self
+        if self.backend != "horovod":
+            raise ValueError(f"elastic: needs backend 'horovod' (horovod.spark.run_elastic), got {self.backend!r}")
+        top = e.max_proc or self.num_proc
+        if not e.min_proc <= self.num_proc <= top:
+            raise ValueError(f"elastic: expected min_proc <= num_proc <= max_proc, got {e.min_proc} <= "
+                             f"{self.num_proc} <= {top}")
+        if self.loader_workers != 1:
+            # A part's stream is taken up again after its committed batches: only one reader thread
+            # gives the same row order on every reading.
+            raise ValueError(f"elastic: needs loader_workers 1 (a reproducible row order), got {self.loader_workers}")
+        return self
 
 
 class InferSettings(_Strict):
@@ -280,6 +320,14 @@ class AppConfig(_Strict):
     dataset: DatasetSpec
     train: TrainSettings = Field(default_factory=TrainSettings)
     infer: InferSettings = Field(default_factory=InferSettings)
+
+    @model_validator(mode="after")
+    def _elastic_can_be_retried(self) -> "AppConfig":
+        if self.train.elastic is not None and not task_retries(self.spark.master):
+            raise ValueError(f"train.elastic: spark.master {self.spark.master!r} never retries a failed task, so a "
+                             "lost rank cannot come back and its failed task ends the job; expected local[N,F] with "
+                             "F >= 2 or a cluster master")
+        return self
 
     def public_dump(self) -> dict:
         """The configuration as plain data with secret-looking values masked: safe for cards and logs.

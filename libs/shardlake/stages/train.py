@@ -24,7 +24,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from shardlake import delta_io, delta_log, plots, registry
-from shardlake.config import AppConfig
+from shardlake.config import AppConfig, TrainSettings
 from shardlake.lake import Lake
 from shardlake.models.tabular import SPEC_FILE, WEIGHTS_FILE, ModelSpec, weights_digest
 from shardlake.scoring import ModelMismatchError, TabularModel, load_registered
@@ -32,7 +32,9 @@ from shardlake.session import guard_py4j_against_forks
 from shardlake.stages.ingest import feature_stats_for
 from shardlake.stages.reference import training_reference
 from shardlake.training.metrics import primary_metric
-from shardlake.training.worker import CheckpointError, TrainJob, horovod_entry, load_checkpoint
+from shardlake.training.checkpoint import CheckpointError, load_checkpoint
+from shardlake.training.elastic import elastic_entry, merge_observed
+from shardlake.training.worker import TrainJob, horovod_entry
 
 CARD_FILE = "card.json"
 CURVE_FILE = "training_curve.png"
@@ -70,7 +72,7 @@ def _target_scale(spark: SparkSession, table_path: str, version: int, label: str
 def plan(spark: SparkSession, lake: Lake, config: AppConfig, run_id: str | None = None,
          fail_after_epoch: int | None = None, kill_after_epoch: int | None = None,
          code_version: str = "unknown", table_version: int | None = None,
-         kill_during_epoch: int | None = None) -> TrainPlan:
+         kill_during_epoch: int | None = None, kill_at_step: int = 1) -> TrainPlan:
     """Resolve the table version, its exact files per split, feature statistics and the run folder.
 
     ``table_version`` (the version a scheduled run's ingest produced) wins over train.table_version,
@@ -106,7 +108,7 @@ def plan(spark: SparkSession, lake: Lake, config: AppConfig, run_id: str | None 
                    loader_pool=train.loader_pool, shuffle_buffer=train.shuffle_buffer,
                    torch_threads=train.torch_threads, code_version=code_version,
                    fail_after_epoch=fail_after_epoch, kill_after_epoch=kill_after_epoch,
-                   kill_during_epoch=kill_during_epoch)
+                   kill_during_epoch=kill_during_epoch, kill_at_step=kill_at_step)
     return TrainPlan(model_version, table_path, version, job, spec, config_hash)
 
 
@@ -137,6 +139,18 @@ def _run_horovod(job: TrainJob, num_proc: int, start_timeout: int) -> list[dict]
     guard_py4j_against_forks()
     return horovod.spark.run(horovod_entry, args=(job,), num_proc=num_proc, use_gloo=True,
                              start_timeout=start_timeout, verbose=0)
+
+
+def _run_horovod_elastic(job: TrainJob, train: TrainSettings) -> list[dict]:
+    """Run ``elastic_entry`` under ``horovod.spark.run_elastic``: between min_proc and max_proc ranks (Gloo)."""
+    import horovod.spark
+
+    guard_py4j_against_forks()
+    e = train.elastic
+    return horovod.spark.run_elastic(elastic_entry, args=(job, e.commit_every_steps), num_proc=train.num_proc,
+                                     min_num_proc=e.min_proc, max_num_proc=e.max_proc or train.num_proc,
+                                     start_timeout=train.start_timeout_s, elastic_timeout=e.timeout_s,
+                                     reset_limit=e.reset_limit, verbose=0)
 
 
 def _run_torch_distributor(job: TrainJob, num_proc: int) -> list[dict]:
@@ -180,6 +194,8 @@ def _card(config: AppConfig, p: TrainPlan, rank0: dict, seconds: float, weights_
         # In-job recovery: how often the training stage was started again, and why.
         "restarts": rank0.get("restarts", 0),
         "restart_errors": rank0.get("restart_errors", []),
+        # Elastic training: ring changes survived and the ring sizes trained in (None: not elastic).
+        "elastic": rank0.get("elastic"),
         "seconds": round(seconds, 2),
         "model_dir": p.job.run_dir,
         # The registered weights: a scorer can check that the file it loads is the one evaluated here.
@@ -231,6 +247,8 @@ def _registered_model(card: Mapping) -> TabularModel:
 
 
 def _run_backend(config: AppConfig, job: TrainJob) -> list[dict]:
+    if config.train.elastic is not None:
+        return _run_horovod_elastic(job, config.train)
     if config.train.backend == "horovod":
         return _run_horovod(job, config.train.num_proc, config.train.start_timeout_s)
     return _run_torch_distributor(job, config.train.num_proc)
@@ -258,13 +276,15 @@ def _train(config: AppConfig, p: TrainPlan, log: Callable[[str], None] = print) 
             log(f"{p.model_version}: the training stage failed ({cause[:200]}); restart {len(errors)} of "
                 f"{config.train.max_restarts} from the last checkpoint")
     rank0 = next(r for r in results if r["rank"] == 0)
-    return {**rank0, "restarts": len(errors), "restart_errors": errors}
+    elastic = merge_observed(results) if config.train.elastic is not None else None
+    return {**rank0, "restarts": len(errors), "restart_errors": errors, "elastic": elastic}
 
 
 def fit(spark: SparkSession, lake: Lake, config: AppConfig, code_version: str = "unknown",
         run_id: str | None = None, fail_after_epoch: int | None = None,
         log: Callable[[str], None] = print, kill_after_epoch: int | None = None,
-        table_version: int | None = None, kill_during_epoch: int | None = None) -> tuple[TabularModel, dict]:
+        table_version: int | None = None, kill_during_epoch: int | None = None,
+        kill_at_step: int = 1) -> tuple[TabularModel, dict]:
     """Train on one table version with the configured backend; write model, card, curve; register it.
 
     Re-running with the same run id resumes from the run folder's last checkpoint; re-running a run
@@ -274,7 +294,7 @@ def fit(spark: SparkSession, lake: Lake, config: AppConfig, code_version: str = 
     """
     started = time.monotonic()
     p = plan(spark, lake, config, run_id, fail_after_epoch, kill_after_epoch, code_version, table_version,
-             kill_during_epoch)
+             kill_during_epoch, kill_at_step)
     run_dir = Path(p.job.run_dir)
     # Held from before the registry check to the registration: one run of a model version at a time.
     with run_lock(run_dir):

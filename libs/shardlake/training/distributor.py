@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from shardlake.training.worker import Comm, TrainJob, threads_per_rank, train_and_test
+from shardlake.training.comm import Comm
+from shardlake.training.worker import TrainJob, threads_per_rank, train_and_test
 
 
 @dataclass

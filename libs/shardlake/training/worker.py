@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -21,23 +21,15 @@ import numpy as np
 import torch
 
 from shardlake.models.tabular import WEIGHTS_FILE, ModelSpec, build_model, default_device, load_model, save_model
-from shardlake.training.data import LoaderOptions, batches, shard_for
+from shardlake.training.checkpoint import load_checkpoint, save_checkpoint
+from shardlake.training.comm import Comm, HorovodComm
+from shardlake.training.data import Batch, LoaderOptions, batches, shard_for
 from shardlake.training.metrics import metrics_for, primary_metric
 
-CHECKPOINT = "checkpoint.pt"
-PREVIOUS_CHECKPOINT = "checkpoint.previous.pt"
 HISTORY = "history.json"
 BEST_DIR = "best"
-LOCKSTEP_BLOCK = 32  # batches agreed on per collective (see _lockstep)
+LOCKSTEP_BLOCK = 32  # batches agreed on per collective (see lockstep)
 EVAL_BATCH = 8192
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that may not be resumed: another job's, or one holding more than tensors and plain values."""
-
-
-class UnreadableCheckpointError(CheckpointError):
-    """A checkpoint file that does not load at all (torn, truncated): an older one may stand in for it."""
 
 
 @dataclass(frozen=True)
@@ -66,9 +58,10 @@ class TrainJob:
     # Fault injection for recovery tests; neither fires in a resumed run.
     fail_after_epoch: int | None = None  # every rank raises after this epoch's checkpoint
     kill_after_epoch: int | None = None  # rank ``kill_rank`` SIGKILLs itself after this epoch's checkpoint
-    # Rank ``kill_rank`` SIGKILLs itself after this epoch's first step, once per run folder (a
-    # restarted stage goes on): a rank lost mid-epoch, as a preempted node loses it.
+    # Rank ``kill_rank`` SIGKILLs itself after this epoch's step ``kill_at_step``, once per run folder
+    # (a restarted stage goes on): a rank lost mid-epoch, as a preempted node loses it.
     kill_during_epoch: int | None = None
+    kill_at_step: int = 1
     kill_rank: int = 1
 
     @property
@@ -78,59 +71,10 @@ class TrainJob:
     def fingerprint(self) -> str:
         """What a checkpoint must match to be resumed: what is trained on, how and by which code, not the
         run folder, fault injection or speed knobs (reader pool and threads, torch threads)."""
-        ignored = ("run_dir", "fail_after_epoch", "kill_after_epoch", "kill_during_epoch", "kill_rank",
+        ignored = ("run_dir", "fail_after_epoch", "kill_after_epoch", "kill_during_epoch", "kill_at_step", "kill_rank",
                    "loader_workers", "loader_pool", "torch_threads")
         fields = {k: v for k, v in asdict(self).items() if k not in ignored}
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-@dataclass
-class Comm:
-    """The collectives training needs; this base is the single-process case (identity)."""
-
-    rank: int = 0
-    size: int = 1
-    local_rank: int = 0
-
-    def allreduce_sum(self, value: np.ndarray) -> np.ndarray:
-        return value
-
-    def allgather(self, value: np.ndarray) -> np.ndarray:
-        """Concatenate every rank's array along axis 0 (lengths may differ), in rank order."""
-        return value
-
-    def distribute(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
-        """(module to train through, optimizer) that average gradients over ranks."""
-        return model, optimizer
-
-    def broadcast_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Make every rank start from rank 0's parameters and optimizer state."""
-
-    def barrier(self) -> None:
-        pass
-
-
-@dataclass
-class HorovodComm(Comm):
-    """Horovod's collectives (Gloo on CPU, NCCL when built for GPUs)."""
-
-    hvd: object | None = None
-
-    def allreduce_sum(self, value: np.ndarray) -> np.ndarray:
-        return self.hvd.allreduce(torch.as_tensor(value), op=self.hvd.Sum).numpy()
-
-    def allgather(self, value: np.ndarray) -> np.ndarray:
-        return self.hvd.allgather(torch.as_tensor(value)).numpy()
-
-    def distribute(self, model, optimizer):
-        return model, self.hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
-
-    def broadcast_state(self, model, optimizer) -> None:
-        self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-        self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
-
-    def barrier(self) -> None:
-        self.hvd.barrier()
 
 
 @dataclass
@@ -142,6 +86,7 @@ class EpochLog:
     seconds: float
     rows: int = 0
     samples_per_second_per_worker: float = 0.0
+    ranks: int = 1  # ranks that trained the epoch (its end's, under elastic training)
 
 
 @dataclass
@@ -172,7 +117,7 @@ def improved(value: float, best: float | None, higher_is_better: bool) -> bool:
     return value > best if higher_is_better else value < best
 
 
-def _lockstep(stream, comm: Comm, block: int = LOCKSTEP_BLOCK):
+def lockstep(stream, comm: Comm, block: int = LOCKSTEP_BLOCK):
     """This rank's batches, padded with ``None`` so every rank makes the same number of steps.
 
     Each optimizer step is a collective, so a rank that ran dry must keep stepping (with an
@@ -220,105 +165,60 @@ def effective_learning_rate(learning_rate: float, scaling: str, ranks: int) -> f
     return learning_rate * ranks if scaling == "linear" else learning_rate
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, epoch: int, history: list[dict], best: dict,
-                    job_fingerprint: str, code_version: str = "unknown") -> None:
-    """Tensors and plain values only (loadable with weights_only=True), written atomically."""
-    state = {
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "history": json.dumps(history),
-        "best": json.dumps(best),
-        "job": job_fingerprint,
-        "code_version": code_version,  # in the fingerprint too; kept readable for the refusal message
-    }
-    tmp = run_dir / (CHECKPOINT + ".tmp")
-    torch.save(state, tmp)
-    current = run_dir / CHECKPOINT
-    if current.exists():
-        os.replace(current, run_dir / PREVIOUS_CHECKPOINT)  # the last two are kept
-    os.replace(tmp, current)  # atomic: a rank killed mid-write leaves only a .tmp, which is never loaded
+def part_batches(job: TrainJob, spec: ModelSpec, epoch: int, part: int, parts: int, skip: int = 0) -> Iterator[Batch]:
+    """Batches of part ``part`` of ``parts`` of the training split in ``epoch``, from batch ``skip`` on.
 
-
-def _read_checkpoint(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:  # weights_only refuses any object but tensors and plain values
-        raise CheckpointError(f"{path}: refused to load: it holds more than tensors and plain values "
-                              f"({' '.join(str(err).split())[:300]})") from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise UnreadableCheckpointError(f"{path}: unreadable checkpoint ({err}); remove it to start the run "
-                                        "afresh") from err
-
-
-def _newest_readable(run_dir: Path) -> tuple[Path, dict] | None:
-    """The newest checkpoint that loads: the last one, else the one before it (the last was lost or torn by
-    a failure between the two renames or on the storage); a refusal of its content is not passed over."""
-    paths = [p for p in (run_dir / CHECKPOINT, run_dir / PREVIOUS_CHECKPOINT) if p.exists()]
-    for index, path in enumerate(paths):
-        try:
-            return path, _read_checkpoint(path)
-        except UnreadableCheckpointError:
-            if index == len(paths) - 1:
-                raise
-    return None
-
-
-def load_checkpoint(run_dir: Path, job_fingerprint: str | None = None, code_version: str | None = None) -> dict | None:
-    """The run folder's newest loadable checkpoint, or None. Never unpickles objects (weights_only=True).
-
-    With ``job_fingerprint`` (and ``code_version``), a checkpoint of another job (or written by other
-    code) is refused: resuming it would mix two trainings in one model.
+    One part's stream depends only on (files, part, parts, seed, epoch), so a stream taken up again
+    after ``skip`` batches goes on with exactly the rows the first reading had not yet given.
     """
-    found = _newest_readable(run_dir)
-    if found is None:
-        return None
-    path, state = found
-    written_by = state.get("code_version")
-    if code_version is not None and written_by is not None and written_by != code_version:
-        raise CheckpointError(f"{path} belongs to another job: written by code version {written_by}, this run's is "
-                              f"{code_version}; start a new run id or remove the run folder")
-    if job_fingerprint is not None and state.get("job") != job_fingerprint:
-        raise CheckpointError(f"{path} belongs to another job (config, table version, files or code version "
-                              f"changed); start a new run id or remove the run folder")
-    return state
+    files, rank, size = shard_for(job.train_files, part, parts)
+    if not files:
+        return iter(())
+    stream = batches(files, spec, job.label, job.batch_size, rank, size, seed=epoch_seed(job.seed, epoch),
+                     options=job.loader)
+    return islice(stream, skip, None)
 
 
-def _train_epoch(train_model, optimizer, loss_fn, job: TrainJob, spec: ModelSpec, comm: Comm, epoch: int, device):
+def train_step(run: Run, batch: Batch | None) -> tuple[torch.Tensor, int]:
+    """One synchronous optimizer step on ``batch`` (None: a rank that ran dry takes part with a zero-weight
+    row); returns the batch's summed loss (on the device) and its rows."""
+    spec, device = run.spec, run.device
+    if batch is None:
+        numeric = torch.zeros((1, len(spec.numeric)), dtype=torch.float32, device=device)
+        categorical = torch.zeros((1, len(spec.categorical)), dtype=torch.int64, device=device)
+        target, weight = torch.zeros(1, device=device), 0.0
+    else:
+        numeric, categorical, target = _to(device, *batch)
+        weight = 1.0
+    run.optimizer.zero_grad()  # Horovod's wrapper takes no set_to_none (None is torch's default)
+    out = run.train_model(numeric, categorical)
+    loss = run.loss_fn(out, run.loss_target(target)).mean() * weight
+    loss.backward()
+    run.optimizer.step()
+    if batch is None:
+        return torch.zeros((), dtype=torch.float64, device=device), 0
+    return loss.detach().double() * len(batch[2]), len(batch[2])
+
+
+def _train_epoch(run: Run, comm: Comm, epoch: int) -> tuple[float, int]:
     """One pass over this rank's share; returns the mean loss and the rows over all ranks."""
-    train_model.train()
-    files, rank, size = shard_for(job.train_files, comm.rank, comm.size)
-    stream = iter(batches(files, spec, job.label, job.batch_size, rank, size, seed=epoch_seed(job.seed, epoch),
-                          options=job.loader)) if files else iter(())
-    target_of = train_model.module.loss_target if hasattr(train_model, "module") else train_model.loss_target
+    run.train_model.train()
+    stream = part_batches(run.job, run.spec, epoch, comm.rank, comm.size)
     # Summed on the device: reading the loss every step would synchronise a GPU every step.
-    total_loss, total_rows = torch.zeros((), dtype=torch.float64, device=device), 0
-    for batch in _lockstep(stream, comm):
-        if batch is None:  # this rank ran dry: take part in the step with a zero-weight row
-            numeric = torch.zeros((1, len(spec.numeric)), dtype=torch.float32, device=device)
-            categorical = torch.zeros((1, len(spec.categorical)), dtype=torch.int64, device=device)
-            target, weight = torch.zeros(1, device=device), 0.0
-        else:
-            numeric, categorical, target = _to(device, *batch)
-            weight = 1.0
-        optimizer.zero_grad()  # Horovod's wrapper takes no set_to_none (None is torch's default)
-        out = train_model(numeric, categorical)
-        loss = loss_fn(out, target_of(target)).mean() * weight
-        loss.backward()
-        optimizer.step()
-        _kill_mid_epoch(job, comm, epoch)
-        if batch is not None:
-            total_loss += loss.detach().double() * len(batch[2])
-            total_rows += len(batch[2])
+    total_loss, total_rows = torch.zeros((), dtype=torch.float64, device=run.device), 0
+    for step, batch in enumerate(lockstep(stream, comm), start=1):
+        loss, rows = train_step(run, batch)
+        kill_mid_epoch(run.job, comm, epoch, step)
+        total_loss += loss
+        total_rows += rows
     sums = comm.allreduce_sum(np.array([float(total_loss), total_rows], dtype=np.float64))
     return float(sums[0] / max(sums[1], 1)), int(sums[1])
 
 
-def _kill_mid_epoch(job: TrainJob, comm: Comm, epoch: int) -> None:
+def kill_mid_epoch(job: TrainJob, comm: Comm, epoch: int, step: int) -> None:
     """The mid-epoch fault of a recovery test: the first time only (a marker in the run folder), so the
     restarted stage trains on."""
-    if job.kill_during_epoch != epoch or comm.rank != job.kill_rank:
+    if job.kill_during_epoch != epoch or step != job.kill_at_step or comm.rank != job.kill_rank:
         return
     try:
         os.close(os.open(Path(job.run_dir, f".killed-in-epoch-{epoch}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
@@ -327,7 +227,7 @@ def _kill_mid_epoch(job: TrainJob, comm: Comm, epoch: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _inject_faults(job: TrainJob, comm: Comm, epoch: int, resumed: bool) -> None:
+def inject_faults(job: TrainJob, comm: Comm, epoch: int, resumed: bool) -> None:
     if resumed or epoch not in (job.fail_after_epoch, job.kill_after_epoch):
         return
     comm.barrier()  # rank 0 has written this epoch's checkpoint before anything dies
@@ -343,14 +243,34 @@ def _write_history(run_dir: Path, history: list[dict]) -> None:
     os.replace(tmp, run_dir / HISTORY)
 
 
-def run_training(job: TrainJob, comm: Comm, log=print) -> TrainResult:
-    """Train for ``job.epochs`` (resuming from the run folder's checkpoint), keep the best model.
+@dataclass
+class Run:
+    """One rank's training in progress: the model, its optimizer, and what the epochs so far left behind."""
 
-    Rank 0 writes the best model, a checkpoint and the history after every epoch and logs loss,
-    validation metric and throughput.
-    """
+    job: TrainJob
+    spec: ModelSpec
+    device: torch.device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    train_model: torch.nn.Module  # the module stepped through (DDP's wrapper, or the model itself)
+    loss_fn: torch.nn.Module
+    fingerprint: str
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"epoch": -1, "value": None})
+    start_epoch: int = 0
+    resumed_from: int | None = None
+
+    def loss_target(self, target: torch.Tensor) -> torch.Tensor:
+        return self.model.loss_target(target)
+
+    def result(self) -> TrainResult:
+        return TrainResult(history=[EpochLog(**h) for h in self.history], best_epoch=int(self.best["epoch"]),
+                           resumed_from=self.resumed_from)
+
+
+def start_run(job: TrainJob, comm: Comm, log=print) -> Run:
+    """Build the model and optimizer on this rank's device and take up the run folder's last checkpoint."""
     spec = ModelSpec.from_dict(job.spec)
-    run_dir = Path(job.run_dir)
     device = default_device(comm.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -358,57 +278,79 @@ def run_training(job: TrainJob, comm: Comm, log=print) -> TrainResult:
     learning_rate = effective_learning_rate(job.learning_rate, job.lr_scaling, comm.size)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     train_model, optimizer = comm.distribute(model, optimizer)
-    result = TrainResult()
-    history: list[dict] = []
-    metric, higher_is_better = primary_metric(spec.kind)
-    best: dict = {"epoch": -1, "value": None}
-    start_epoch = 0
-    fingerprint = job.fingerprint()
-    checkpoint = load_checkpoint(run_dir, fingerprint, job.code_version)
+    run = Run(job, spec, device, model, optimizer, train_model, _loss_fn(spec.kind), job.fingerprint())
+    checkpoint = load_checkpoint(Path(job.run_dir), run.fingerprint, job.code_version)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        # The checkpoint's rate is its run's; a resumed run may have another rank count.
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate
+        set_learning_rate(optimizer, learning_rate)  # the checkpoint's rate is its run's rank count's
         torch.set_rng_state(checkpoint["torch_rng"])
-        history = json.loads(checkpoint["history"])
-        best = json.loads(checkpoint["best"])
-        start_epoch = int(checkpoint["epoch"]) + 1
-        result.resumed_from = start_epoch
+        run.history = json.loads(checkpoint["history"])
+        run.best = json.loads(checkpoint["best"])
+        run.start_epoch = run.resumed_from = int(checkpoint["epoch"]) + 1
         if comm.rank == 0:
-            log(f"resuming from the checkpoint after epoch {start_epoch}/{job.epochs}")
-    comm.broadcast_state(model, optimizer)
-    loss_fn = _loss_fn(spec.kind)
-    for epoch in range(start_epoch, job.epochs):
-        if should_stop(best["epoch"], epoch, job.early_stopping_patience):
-            if comm.rank == 0:
-                log(f"early stopping: no {metric} improvement since epoch {best['epoch'] + 1}")
+            log(f"resuming from the checkpoint after epoch {run.start_epoch}/{job.epochs}")
+    return run
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, learning_rate: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate
+
+
+def stops_early(run: Run, epoch: int, comm: Comm, log=print) -> bool:
+    """Whether ``epoch`` is not to be trained: the validation metric has not improved for patience epochs."""
+    if not should_stop(run.best["epoch"], epoch, run.job.early_stopping_patience):
+        return False
+    if comm.rank == 0:
+        metric, _ = primary_metric(run.spec.kind)
+        log(f"early stopping: no {metric} improvement since epoch {run.best['epoch'] + 1}")
+    return True
+
+
+def finish_epoch(run: Run, comm: Comm, epoch: int, train_loss: float, rows: int, seconds: float, log=print) -> None:
+    """Validate the epoch's model, add it to the history; rank 0 keeps the best model, the checkpoint and
+    the history in the run folder and logs loss, validation metric and throughput."""
+    job = run.job
+    validation = _evaluate(run.model, job.validation_files, run.spec, job.label, job, comm, run.device)
+    metric, higher_is_better = primary_metric(run.spec.kind)
+    value = validation.get(metric, float("nan"))
+    better = improved(value, run.best["value"], higher_is_better)
+    rate = rows / seconds if seconds else 0.0
+    entry = {"epoch": epoch, "train_loss": train_loss, "validation": validation, "samples_per_second": rate,
+             "samples_per_second_per_worker": rate / comm.size, "seconds": seconds, "rows": rows,
+             "ranks": comm.size}
+    run.history = [*run.history, entry]  # a new list: an elastic state's committed copy must not change
+    if better:
+        run.best = {"epoch": epoch, "value": value}
+    if comm.rank == 0:
+        run_dir = Path(job.run_dir)
+        if better:
+            save_model(run.model, run_dir / BEST_DIR)
+        save_checkpoint(run_dir, run.model, run.optimizer, epoch, run.history, run.best, run.fingerprint,
+                        job.code_version)
+        _write_history(run_dir, run.history)
+        log(f"epoch {epoch + 1}/{job.epochs}: loss {train_loss:.4f}  validation {metric} {value:.4f}  "
+            f"{rate:,.0f} samples/s ({rate / comm.size:,.0f} per worker; {rows} rows, {seconds:.1f}s)")
+
+
+def run_training(job: TrainJob, comm: Comm, log=print) -> TrainResult:
+    """Train for ``job.epochs`` (resuming from the run folder's checkpoint), keep the best model.
+
+    Rank 0 writes the best model, a checkpoint and the history after every epoch and logs loss,
+    validation metric and throughput.
+    """
+    run = start_run(job, comm, log)
+    comm.broadcast_state(run.model, run.optimizer)
+    for epoch in range(run.start_epoch, job.epochs):
+        if stops_early(run, epoch, comm, log):
             break
         torch.manual_seed(epoch_seed(job.seed, epoch, comm.rank))  # dropout differs by rank, replays on resume
         started = time.monotonic()
-        train_loss, rows = _train_epoch(train_model, optimizer, loss_fn, job, spec, comm, epoch, device)
-        seconds = time.monotonic() - started
-        validation = _evaluate(model, job.validation_files, spec, job.label, job, comm, device)
-        value = validation.get(metric, float("nan"))
-        better = improved(value, best["value"], higher_is_better)
-        rate = rows / seconds if seconds else 0.0
-        entry = {"epoch": epoch, "train_loss": train_loss, "validation": validation, "samples_per_second": rate,
-                 "samples_per_second_per_worker": rate / comm.size, "seconds": seconds, "rows": rows}
-        history.append(entry)
-        if better:
-            best = {"epoch": epoch, "value": value}
-        if comm.rank == 0:
-            if better:
-                save_model(model, run_dir / BEST_DIR)
-            save_checkpoint(run_dir, model, optimizer, epoch, history, best, fingerprint, job.code_version)
-            _write_history(run_dir, history)
-            log(f"epoch {epoch + 1}/{job.epochs}: loss {train_loss:.4f}  validation {metric} {value:.4f}  "
-                f"{rate:,.0f} samples/s ({rate / comm.size:,.0f} per worker; {rows} rows, {seconds:.1f}s)")
-        _inject_faults(job, comm, epoch, result.resumed_from is not None)
-    result.history = [EpochLog(**h) for h in history]
-    result.best_epoch = int(best["epoch"])
-    return result
+        train_loss, rows = _train_epoch(run, comm, epoch)
+        finish_epoch(run, comm, epoch, train_loss, rows, time.monotonic() - started, log)
+        inject_faults(job, comm, epoch, run.resumed_from is not None)
+    return run.result()
 
 
 def test_metrics(job: TrainJob, comm: Comm) -> dict[str, float]:
