@@ -103,6 +103,10 @@ def test_the_recovered_run_ends_within_tolerance_of_an_undisturbed_one(runs):
     assert runs["r"]["validation_metric"] == pytest.approx(runs["a"]["validation_metric"], abs=0.01)
 
 
+def test_the_job_summary_reports_the_restart(runs):
+    assert (train.summary(runs["r"])["restarts"], train.summary(runs["a"])["restarts"]) == (1, 0)
+
+
 def test_an_undisturbed_run_records_no_restart(runs):
     assert (runs["a"]["restarts"], runs["a"]["restart_errors"]) == (0, [])
 

@@ -322,7 +322,8 @@ def fit(spark: SparkSession, lake: Lake, config: AppConfig, code_version: str = 
 
 
 def summary(card: dict) -> dict:
-    """The lines a person wants after training."""
-    return {k: card[k] for k in ("model_version", "table_path", "table_version", "metric_name",
-                                 "validation_metric", "best_epoch", "test_metrics", "seconds")}
+    """The lines a person (and the job's result file) wants after training, with the faults it came through."""
+    lines = {k: card[k] for k in ("model_version", "table_path", "table_version", "metric_name",
+                                  "validation_metric", "best_epoch", "test_metrics", "seconds")}
+    return {**lines, "restarts": card.get("restarts", 0), "elastic": card.get("elastic")}
 
