@@ -26,7 +26,7 @@ from shardlake.training.sample import flights_like_frame, spec_from_files, write
 from shardlake.training.worker import TrainJob, part_batches
 
 REPO = Path(__file__).resolve().parent.parent
-EPOCHS = 4
+EPOCHS = 3
 
 DRIVER = textwrap.dedent("""
     import json, sys
@@ -54,7 +54,7 @@ DRIVER = textwrap.dedent("""
 def elastic(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("elastic")
     lake = Lake.at(root / "lake")
-    frame = flights_like_frame(20000, seed=3, shards=3)
+    frame = flights_like_frame(12000, seed=3, shards=3)
     write_clean_table(spark, lake.table("flights", "clean"), frame)
     out = root / "cards.json"
     overrides = [f"lake.root={lake.root}", "spark.master=local[2,4]", f"train.epochs={EPOCHS}",
