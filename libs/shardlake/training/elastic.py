@@ -25,8 +25,8 @@ import torch
 from shardlake.training.comm import HorovodComm
 from shardlake.training.data import Batch
 from shardlake.training.worker import (Run, TrainJob, effective_learning_rate, epoch_seed, finish_epoch,
-                                       inject_faults, kill_mid_epoch, lockstep, part_batches, set_learning_rate,
-                                       start_run, stops_early, test_metrics, threads_per_rank, train_step)
+                                       horovod_comm, inject_faults, kill_mid_epoch, lockstep, part_batches,
+                                       rank_result, set_learning_rate, start_run, stops_early, train_step)
 
 
 @dataclass
@@ -128,9 +128,7 @@ def elastic_entry(job: TrainJob, commit_every_steps: int, log=print) -> dict:
     """Entry point ``horovod.spark.run_elastic`` runs on every rank, first started or joining later."""
     import horovod.torch as hvd
 
-    hvd.init()
-    torch.set_num_threads(threads_per_rank(hvd.local_size(), job.torch_threads))
-    comm = HorovodComm(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(), hvd=hvd)
+    comm = horovod_comm(job)
     run = start_run(job, comm, log)
     state = hvd.elastic.TorchState(model=run.model, optimizer=run.optimizer, epoch=run.start_epoch, parts=0,
                                    positions=[], loss=0.0, rows=0, seconds=0.0, history=run.history, best=run.best,
@@ -144,10 +142,7 @@ def elastic_entry(job: TrainJob, commit_every_steps: int, log=print) -> dict:
 
     state.register_reset_callbacks([on_reset])
     hvd.elastic.run(_train_epochs)(state, run, comm, commit_every_steps, seen, log)
-    result = run.result()
-    return {"rank": comm.rank, "size": comm.size, "history": [asdict(h) for h in result.history],
-            "best_epoch": result.best_epoch, "resumed_from": result.resumed_from, "test": test_metrics(job, comm),
-            "elastic": asdict(seen)}
+    return {**rank_result(job, comm, run.result()), "elastic": asdict(seen)}
 
 
 def merge_observed(results: list[dict]) -> dict:

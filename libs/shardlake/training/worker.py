@@ -369,7 +369,11 @@ test_metrics.__test__ = False  # not a pytest test, despite the name
 
 def train_and_test(job: TrainJob, comm: Comm, log=print) -> dict:
     """Train, then score the test split: the result every entry point returns (rank 0's is authoritative)."""
-    result = run_training(job, comm, log)
+    return rank_result(job, comm, run_training(job, comm, log))
+
+
+def rank_result(job: TrainJob, comm: Comm, result: TrainResult) -> dict:
+    """What a rank returns to the driver: its training's history and the best model's test metrics."""
     return {"rank": comm.rank, "size": comm.size, "history": [asdict(h) for h in result.history],
             "best_epoch": result.best_epoch, "resumed_from": result.resumed_from, "test": test_metrics(job, comm)}
 
@@ -382,9 +386,13 @@ def threads_per_rank(local_size: int, wanted: int | None = None) -> int:
 
 def horovod_entry(job: TrainJob) -> dict:
     """Entry point run by ``horovod.spark.run`` on every rank."""
+    return train_and_test(job, horovod_comm(job))
+
+
+def horovod_comm(job: TrainJob) -> HorovodComm:
+    """Join Horovod's ring (hvd.init) with the torch threads this rank's share of the cores allows."""
     import horovod.torch as hvd
 
     hvd.init()
     torch.set_num_threads(threads_per_rank(hvd.local_size(), job.torch_threads))
-    comm = HorovodComm(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(), hvd=hvd)
-    return train_and_test(job, comm)
+    return HorovodComm(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(), hvd=hvd)
