@@ -11,6 +11,7 @@ from pathlib import Path
 from shardlake.config import AppConfig, ConfigError, load_config
 from shardlake.lake import Lake
 from shardlake.session import build_session
+from shardlake.storage import StorageError, is_url
 
 DEFAULT_CONF = Path(__file__).resolve().parent.parent / "conf" / "base.yaml"
 
@@ -64,6 +65,17 @@ def start(config: AppConfig):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("py4j", "pyspark"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    spark = build_session(config.spark.master, config.spark.app_name, config.spark.settings)
+    lake = Lake.at(config.lake.root, config.lake.store_settings())
+    try:  # a missing bucket or refused credentials: one line naming the URL, before Spark starts
+        lake.store.check()
+    except StorageError as err:
+        sys.stderr.write(f"storage error: {err}\n")
+        raise SystemExit(2) from None
+    warning = lake.single_writer_warning(config.spark.settings)
+    if warning:
+        logging.getLogger("shardlake").warning("%s", warning)
+    on_store = not lake.is_local or is_url(config.dataset.source.path)
+    settings = {**lake.store.spark_settings(), **config.spark.settings}
+    spark = build_session(config.spark.master, config.spark.app_name, settings, object_store=on_store)
     spark.sparkContext.setLogLevel("WARN")
-    return spark, Lake.at(config.lake.root)
+    return spark, lake

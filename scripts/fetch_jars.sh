@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# Copies the Delta jars for Spark 3.5 from Maven Central into a cache folder once, so that no
-# Spark session resolves packages at start-up. Usage: scripts/fetch_jars.sh CACHE_DIR
+# Copies the jars Spark needs beyond pip's pyspark from Maven Central into a cache folder once, so
+# that no Spark session resolves packages at start-up: Delta for Spark 3.5, and the S3A connector
+# of pyspark's own Hadoop (hadoop-client-api 3.3.4) with the AWS SDK bundle its POM names
+# (libs/shardlake/session.py: S3A_ARTIFACTS; added to a session only for s3a:// lakes and sources).
+# Usage: scripts/fetch_jars.sh CACHE_DIR
 set -euo pipefail
 dest=${1:?jar cache folder}
 delta_version=3.3.3
 mkdir -p "$dest"
+fetch() {  # group artifact version
+  local jar="$dest/$2-$3.jar"
+  [ -s "$jar" ] && return 0
+  mvn -q -B dependency:copy -Dartifact="$1:$2:$3" -DoutputDirectory="$dest"
+}
 for artifact in "delta-spark_2.12" "delta-storage"; do
-  jar="$dest/$artifact-$delta_version.jar"
-  [ -s "$jar" ] && continue
-  mvn -q -B dependency:copy -Dartifact="io.delta:$artifact:$delta_version" -DoutputDirectory="$dest"
+  fetch io.delta "$artifact" "$delta_version"
 done
-echo "delta jars in $dest"
+fetch org.apache.hadoop hadoop-aws 3.3.4
+fetch com.amazonaws aws-java-sdk-bundle 1.12.262
+echo "jars in $dest"

@@ -13,6 +13,11 @@ from shardlake.session import build_session
 REPO = Path(__file__).resolve().parent.parent
 # pyspark.testing imports pandas-on-Spark, which wants this set before any Spark context starts.
 os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
+# Credentials for the test S3 server (tests/s3_server.py), in the environment before any JVM starts:
+# pyarrow, delta-rs and Spark's S3A connector all take them from there, as in production.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "shardlake-test-key")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "shardlake-test-secret")
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 
 @pytest.fixture(scope="session")
@@ -29,11 +34,31 @@ def spark():
             "spark.driver.memory": "2g",
             "spark.sql.adaptive.enabled": "false",
         },
+        object_store=True,
     )
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
     shutil.rmtree(warehouse, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 server (moto's standalone server, its own process) on loopback; its endpoint URL."""
+    from s3_server import S3Server
+
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture()
+def s3_lake(s3_server, spark, request):
+    """A fresh bucket on the test S3 server, and Spark's S3A connector pointed at the server; its URL."""
+    bucket = s3_server.bucket(request.node.name)
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    for key, value in s3_server.spark_settings().items():
+        hadoop.set(key.removeprefix("spark.hadoop."), value)
+    return f"s3a://{bucket}/lake"
 
 
 @pytest.fixture()

@@ -110,3 +110,24 @@ def test_elastic_training_on_a_master_with_task_retries_is_accepted():
                                                  ("spark://host:7077", True), ("yarn", True)])
 def test_task_retries_follow_the_master_url(master, retries):
     assert task_retries(master) is retries
+
+
+def test_an_s3_lake_root_must_use_the_s3a_scheme():
+    with pytest.raises(ConfigError, match=r"lake.root: .*'s3://bucket/lake': use s3a://"):
+        load_config([BASE], ["lake.root=s3://bucket/lake"])
+
+
+def test_a_lake_root_on_an_unsupported_store_is_refused_naming_the_field():
+    with pytest.raises(ConfigError, match=r"lake.root: .*hdfs:// is not supported yet"):
+        load_config([BASE], ["lake.root=hdfs://namenode/lake"])
+
+
+def test_an_endpoint_carrying_credentials_is_refused():
+    with pytest.raises(ConfigError, match=r"lake.endpoint: .*must not carry credentials"):
+        load_config([BASE], ["lake.root=s3a://bucket/lake", "lake.endpoint=http://key:secret@127.0.0.1:9000"])
+
+
+def test_the_refusal_of_an_endpoint_with_credentials_does_not_repeat_them():
+    with pytest.raises(ConfigError) as refused:
+        load_config([BASE], ["lake.root=s3a://bucket/lake", "lake.endpoint=http://key:hunter2@127.0.0.1:9000"])
+    assert "hunter2" not in str(refused.value) and "key:" not in str(refused.value)

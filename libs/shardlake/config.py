@@ -10,6 +10,7 @@ import copy
 import hashlib
 import json
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,11 +18,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shardlake.intervals import placeholders
+from shardlake.storage import StoreSettings
 
 SPARK_TYPES = ("string", "int", "bigint", "double", "float", "boolean", "date", "timestamp")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+_USERINFO = re.compile(r"(://)[^/@\s']+@")
 _SECRET_KEY = re.compile(r"(secret|password|passwd|token|credential|access[._-]?key|private[._-]?key)", re.I)
 
 
@@ -227,7 +230,44 @@ class SparkSettings(_Strict):
 
 
 class LakeSettings(_Strict):
+    """Where the lake is: a local folder, or ``s3a://bucket/prefix`` on an S3-compatible store.
+
+    Only where the store is lives here (endpoint, region, addressing); credentials come from the
+    environment, the Hadoop configuration or an instance profile, never from a file in the repo.
+    """
+
     root: str = "./lake"
+    endpoint: str | None = Field(default=None, description="S3 endpoint URL, e.g. http://127.0.0.1:9000; "
+                                                           "None: AWS's, or AWS_ENDPOINT_URL")
+    region: str | None = None
+    path_style: bool = Field(default=False, description="path-style requests (most S3 servers other than AWS)")
+
+    @field_validator("root")
+    @classmethod
+    def _known_scheme(cls, root: str) -> str:
+        scheme = urllib.parse.urlsplit(root).scheme.lower() if "://" in root else ""
+        if scheme in ("s3", "s3n"):
+            raise ValueError(f"{root!r}: use s3a:// (the scheme of Hadoop's S3A connector, which Spark writes with)")
+        if scheme not in ("", "file", "s3a"):
+            raise ValueError(f"{root!r}: a lake root is a local folder or an s3a:// URL "
+                             f"({scheme}:// is not supported yet)")
+        return root
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_without_secrets(cls, endpoint: str | None) -> str | None:
+        if endpoint is None:
+            return None
+        split = urllib.parse.urlsplit(endpoint)
+        if split.scheme not in ("http", "https") or not split.hostname:
+            raise ValueError(f"{endpoint!r}: expected http://host[:port] or https://host[:port]")
+        if split.username or split.password:
+            raise ValueError("the endpoint must not carry credentials: set them in the environment "
+                             "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or use a profile or an instance role")
+        return endpoint
+
+    def store_settings(self) -> StoreSettings:
+        return StoreSettings(endpoint=self.endpoint, region=self.region, path_style=self.path_style)
 
 
 class ElasticSettings(_Strict):
@@ -413,7 +453,8 @@ def _format_errors(err: ValidationError, origin: dict[str, str]) -> str:
         expected = item["msg"]
         if item["type"] == "extra_forbidden":
             expected = "unknown key (typo?); remove it or check the documented keys"
-        got = repr(item.get("input"))
+        # An error message is printed and logged: no secret in it (a URL's user:password, a secret-named key).
+        got = "'***'" if _SECRET_KEY.search(key) else _USERINFO.sub(r"\1***@", repr(item.get("input")))
         got = got if len(got) <= 80 else got[:77] + "..."
         lines.append(f"{where}: {key}: {expected} (got {got})")
     return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -373,9 +373,8 @@ def partition_row_counts(spark: SparkSession, path: str, version: int, column: s
     No data file is opened; if a file lacks statistics, the rows are counted with Spark instead.
     """
     import pyarrow as pa
-    from deltalake import DeltaTable as RsDeltaTable
 
-    actions = pa.table(RsDeltaTable(path, version=version).get_add_actions(flatten=True))
+    actions = pa.table(delta_log.open_table(path, version).get_add_actions(flatten=True))
     counts: dict[str, int] = {}
     if actions.num_rows == 0:
         return counts

@@ -7,14 +7,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from shardlake.storage import table_location
+
+
+def open_table(path: str, version: int | None = None):
+    """delta-rs's view of a table (at ``version``), on a local folder or an object store alike."""
+    from deltalake import DeltaTable as RsDeltaTable
+
+    uri, options = table_location(path)
+    return RsDeltaTable(uri, version=version, storage_options=options or None)
+
 
 def newest_version(path: str) -> int | None:
     """Newest version of a Delta table, or None when there is none."""
-    from deltalake import DeltaTable as RsDeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        return RsDeltaTable(path).version()
+        return open_table(path).version()
     except TableNotFoundError:
         return None
 
@@ -31,9 +40,7 @@ def find_commit(path: str, after: int | None, token: str) -> dict | None:
 
 def commits_after(path: str, after: int) -> list[dict]:
     """The commits (commitInfo, with ``version``) after version ``after``, newest first."""
-    from deltalake import DeltaTable as RsDeltaTable
-
-    table = RsDeltaTable(path)
+    table = open_table(path)
     newer = table.version() - after
     return table.history(newer) if newer > 0 else []
 
@@ -46,9 +53,8 @@ def commit_info(path: str, version: int) -> dict | None:
 def row_count(path: str, version: int) -> int:
     """Rows in one table version, summed from the Delta log's file statistics (no data file read)."""
     import pyarrow as pa
-    from deltalake import DeltaTable as RsDeltaTable
 
-    actions = pa.table(RsDeltaTable(path, version=version).get_add_actions(flatten=True))
+    actions = pa.table(open_table(path, version).get_add_actions(flatten=True))
     if actions.num_rows and actions.column("num_records").null_count:
         raise ValueError(f"{path}@{version}: some data files carry no row count statistics")
     return int(sum(actions.column("num_records").to_pylist())) if actions.num_rows else 0
@@ -62,9 +68,8 @@ def rows_where(path: str, column: str, value: object, columns: Sequence[str]) ->
     that can hold the value.
     """
     import pyarrow.dataset as ds
-    from deltalake import DeltaTable as RsDeltaTable
 
-    dataset = RsDeltaTable(path).to_pyarrow_dataset()
+    dataset = open_table(path).to_pyarrow_dataset()
     return dataset.to_table(columns=list(columns), filter=ds.field(column) == value).to_pylist()
 
 
@@ -75,7 +80,5 @@ def snapshot_files(path: str, version: int,
     A Delta folder also holds files that later versions removed (until VACUUM), so readers such as
     Petastorm must get this list, never the bare folder.
     """
-    from deltalake import DeltaTable as RsDeltaTable
-
-    table = RsDeltaTable(path, version=version)
+    table = open_table(path, version)
     return sorted(table.file_uris(partition_filters=list(partition_filters) if partition_filters else None))

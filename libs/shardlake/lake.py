@@ -1,40 +1,96 @@
-"""Where a dataset's tables and models live under a lake root, and nowhere else."""
+"""Where a dataset's tables and models live under a lake root, and nowhere else.
+
+The root is a local folder (the embedded default) or an object-store URL (``s3a://bucket/lake``);
+``shardlake.storage`` owns the difference. Table locations are strings Spark and delta-rs both
+take; every one is checked to stay under the root, on the normalised location.
+"""
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from shardlake.storage import LakePathError, LocalStore, Store, StoreSettings, StorageError
 
-class LakePathError(ValueError):
-    """A table or model path that would leave the configured lake root."""
+__all__ = ["Lake", "LakePathError", "StorageError"]
 
 
 @dataclass(frozen=True)
 class Lake:
-    """A lake root folder; every table and model path is derived from it and stays inside it."""
+    """A lake root; every table and model location is derived from it and stays inside it."""
 
-    root: Path
+    store: Store
 
     @classmethod
-    def at(cls, root: str | Path) -> "Lake":
-        return cls(Path(root).expanduser().resolve())
+    def at(cls, root: str | Path, settings: StoreSettings | None = None) -> "Lake":
+        return cls(Store.create(root, settings))
+
+    @property
+    def root(self) -> str:
+        return self.store.root
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.store, LocalStore)
+
+    def location(self, *parts: str) -> str:
+        """A location under the root (a path for a local lake, a URL otherwise); refuses escapes."""
+        try:
+            return self.store.child(*parts)
+        except LakePathError as err:
+            raise LakePathError(f"{'/'.join(map(str, parts))!r} is outside the lake root {self.root}: {err}") from None
 
     def path(self, *parts: str) -> Path:
-        """Path under the root; refuses absolute parts and '..' escapes."""
-        candidate = self.root.joinpath(*parts).resolve()
-        if candidate != self.root and self.root not in candidate.parents:
-            raise LakePathError(f"{'/'.join(parts)!r} resolves to {candidate}, outside the lake root {self.root}")
-        return candidate
+        """A folder or file of a local lake under the root; refuses absolute parts and '..' escapes.
+
+        Models, checkpoints, run reports and plots are written as local files today; on an object
+        store they are not yet, so asking for one there says so instead of writing beside the lake.
+        """
+        if not self.is_local:
+            raise StorageError(f"{self.root}: {'/'.join(parts)} would be a local file, but the lake is on object "
+                               "storage, where models, checkpoints and run folders are not supported yet")
+        return Path(self.location(*parts))
 
     def table(self, dataset: str, name: str) -> str:
         """Location of one Delta table of a dataset (clean, quarantine, predictions, ...)."""
-        return str(self.path(dataset, name))
+        return self.location(dataset, name)
 
     def staging(self, *parts: str) -> Path:
         return self.path("_staging", *parts)
+
+    def scratch(self) -> Path:
+        """A local folder for files the driver unpacks (zipped sources): the lake's staging folder, or for a
+        lake on object storage one under this machine's temp folder (which executors see in local mode only)."""
+        if self.is_local:
+            return self.staging()
+        return Path(tempfile.gettempdir()) / "shardlake-staging"
+
+    def staging_location(self, *parts: str) -> str:
+        """A staging location Spark writes to (under the lake root, on whatever store it is)."""
+        return self.location("_staging", *parts)
 
     def model_dir(self, dataset: str, model_version: str) -> Path:
         return self.path("models", dataset, model_version)
 
     def registry(self) -> str:
-        return str(self.path("_registry", "models"))
+        return self.location("_registry", "models")
+
+    def single_writer_warning(self, spark_settings: Mapping[str, str]) -> str | None:
+        """What to tell an operator whose lake is on S3 with Delta's default log store, else None.
+
+        That log store makes a commit atomic for one writing Spark driver at a time (S3 offers it no
+        put-if-absent): two drivers committing to one table at once can lose a commit. The Airflow
+        DAG runs one run of a dataset at a time; anything else writing the same tables needs Delta's
+        DynamoDB log store.
+        """
+        if self.is_local or not self.root.startswith("s3a://"):
+            return None
+        if any(spark_settings.get(k, "").endswith("S3DynamoDBLogStore") for k in _LOG_STORE_KEYS):
+            return None
+        return (f"{self.root}: Delta's default S3 log store allows one writing Spark driver at a time; do not "
+                "run two jobs of one dataset at once, or set spark.delta.logStore.s3a.impl="
+                "io.delta.storage.S3DynamoDBLogStore (README: The lake on S3)")
+
+
+_LOG_STORE_KEYS = ("spark.delta.logStore.s3a.impl", "spark.delta.logStore.s3.impl", "spark.delta.logStore.class")

@@ -12,6 +12,8 @@ from pyspark.sql import SparkSession
 
 DELTA_VERSION = "3.3.3"
 DELTA_ARTIFACTS = ("delta-spark_2.12", "delta-storage")
+# The S3A connector of pip pyspark's own Hadoop (hadoop-client-api 3.3.4), with the AWS SDK bundle its POM names.
+S3A_ARTIFACTS = (("org.apache.hadoop", "hadoop-aws", "3.3.4"), ("com.amazonaws", "aws-java-sdk-bundle", "1.12.262"))
 
 _DELTA_SETTINGS = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -36,6 +38,12 @@ def default_jar_cache() -> Path:
 def delta_jars(cache: Path) -> list[Path]:
     """The cached Delta jars, or an empty list when the cache is incomplete."""
     jars = [cache / f"{name}-{DELTA_VERSION}.jar" for name in DELTA_ARTIFACTS]
+    return jars if all(j.is_file() for j in jars) else []
+
+
+def s3a_jars(cache: Path) -> list[Path]:
+    """The cached S3A connector jars, or an empty list when the cache lacks one."""
+    jars = [cache / f"{artifact}-{version}.jar" for _, artifact, version in S3A_ARTIFACTS]
     return jars if all(j.is_file() for j in jars) else []
 
 
@@ -119,13 +127,15 @@ def build_session(
     app_name: str,
     settings: Mapping[str, str] | None = None,
     jars: Sequence[Path] | None = None,
+    object_store: bool = False,
 ) -> SparkSession:
     """Start (or join) a Spark session with Delta enabled.
 
     Under spark-submit the submitted master wins over ``master``. The Delta jars come from the
     local cache when present, else Spark resolves them from Maven once (``spark.jars.packages``).
     Python workers run the interpreter ``worker_python`` picks (exported as PYSPARK_PYTHON, the
-    one thing PySpark reads when it starts a context).
+    one thing PySpark reads when it starts a context). ``object_store``: the S3A connector too
+    (cached by scripts/fetch_jars.sh, else resolved from Maven), for ``s3a://`` lakes and sources.
     """
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     guard_py4j_against_forks()
@@ -137,12 +147,17 @@ def build_session(
     python = worker_python(conf["spark.master"], os.environ, conf)
     if python:
         os.environ["PYSPARK_PYTHON"] = python
-    found = list(jars) if jars is not None else delta_jars(default_jar_cache())
+    cache = default_jar_cache()
+    found = list(jars) if jars is not None else delta_jars(cache)
+    packages = [] if found else [f"io.delta:{name}:{DELTA_VERSION}" for name in DELTA_ARTIFACTS]
+    if object_store:
+        connector = s3a_jars(cache)
+        found += connector
+        packages += [] if connector else [":".join(S3A_ARTIFACTS[0])]
     if found:
         builder = builder.config("spark.jars", ",".join(str(j) for j in found))
-    else:
-        packages = ",".join(f"io.delta:{name}:{DELTA_VERSION}" for name in DELTA_ARTIFACTS)
-        builder = builder.config("spark.jars.packages", packages)
+    if packages:
+        builder = builder.config("spark.jars.packages", ",".join(packages))
     for key, value in {**_DELTA_SETTINGS, **dict(settings or {})}.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()

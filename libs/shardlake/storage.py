@@ -1,0 +1,392 @@
+"""Where bytes live: one small interface over a local folder and object stores, chosen by URL.
+
+Spark reads and writes tables itself, through the Hadoop connectors (``s3a://`` is the one
+tested and configured here; ``abfss://``, ``gs://`` and ``hdfs://`` are refused until they are). Everything else the platform stores or lists (source files and their
+headers, model weights, cards, checkpoints, run reports, plots, staging areas) goes through a
+``Store``, made by ``Store.create(url)`` the way horovod's ``Store.create`` picks HDFS, DBFS or a
+local folder. The file systems are ``pyarrow.fs``'s (S3 and local), so no storage
+protocol is written here; what is written here is what no library does for us: one spelling of a
+location per scheme (Spark's ``s3a://bucket/key`` and pyarrow's ``bucket/key`` name the same object), and the
+check that a derived location stays under its root, on normalised URLs (``..``, ``%2e%2e``, another
+bucket or another scheme are refused).
+
+Credentials are never configured here: pyarrow and the S3A connector both take them from the
+environment (``AWS_ACCESS_KEY_ID`` ...), their own configuration files or an instance profile.
+Only where the store is (``endpoint``, ``region``, path-style addressing) is configuration.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+# Spark's Hadoop schemes and the one pyarrow (and delta-rs) use for the same store.
+_S3 = ("s3a", "s3", "s3n")
+_OTHER = ("gs", "gcs", "hdfs", "viewfs", "abfss", "abfs", "wasbs")
+_GLOB = set("*?[")
+
+
+class StorageError(RuntimeError):
+    """A location that cannot be used: unknown scheme, missing bucket, refused credentials (one line, the URL named)."""
+
+
+class LakePathError(ValueError):
+    """A derived location that would leave its root (the lake's, a store's)."""
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Where an object store is, for stores other than the cloud's default endpoints (a local S3 server).
+
+    ``endpoint``: ``http://host:port`` or ``https://...``; None: the AWS default, or ``AWS_ENDPOINT_URL``
+    from the environment. Secrets are not settings: they come from the environment or a profile.
+    """
+
+    endpoint: str | None = None
+    region: str | None = None
+    path_style: bool = False
+
+    def resolved_endpoint(self, environ: Mapping[str, str] = os.environ) -> str | None:
+        return self.endpoint or environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL") or None
+
+    def resolved_region(self, environ: Mapping[str, str] = os.environ) -> str:
+        return self.region or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+def is_url(location: str) -> bool:
+    """True for ``scheme://...`` other than ``file://`` (a local path is not a URL here)."""
+    scheme = urllib.parse.urlsplit(location).scheme.lower()
+    return "://" in location and scheme not in ("", "file")
+
+
+def _clean_key(path: str, where: str) -> str:
+    """A percent-decoded, normalised key: ``a/./b/../c`` -> ``a/c``; a ``..`` above the top is refused."""
+    decoded = urllib.parse.unquote(path)
+    parts: list[str] = []
+    for part in decoded.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise LakePathError(f"{where}: '..' leaves the top of the store")
+            parts.pop()
+            continue
+        parts.append(part)
+    return "/".join(parts)
+
+
+@dataclass(frozen=True)
+class Location:
+    """One location in one store: scheme (Spark's spelling), authority (bucket, container@account, host), key."""
+
+    scheme: str
+    authority: str
+    key: str
+
+    @classmethod
+    def parse(cls, url: str) -> "Location":
+        split = urllib.parse.urlsplit(url)
+        if not split.netloc:
+            raise StorageError(f"{url}: a {split.scheme}:// URL needs a bucket or host, as in {split.scheme}://bucket/path")
+        return cls(split.scheme.lower(), split.netloc, _clean_key(split.path, url))
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.authority}/{self.key}".rstrip("/") if self.key else \
+            f"{self.scheme}://{self.authority}"
+
+    def join(self, *parts: str) -> "Location":
+        joined = "/".join([self.key, *[str(p) for p in parts]])
+        return Location(self.scheme, self.authority, _clean_key(joined, f"{self.url} + {'/'.join(map(str, parts))}"))
+
+    def within(self, root: "Location") -> bool:
+        same_store = (self.scheme in _S3 and root.scheme in _S3) or self.scheme == root.scheme
+        under = not root.key or self.key == root.key or self.key.startswith(root.key + "/")
+        return same_store and self.authority == root.authority and under
+
+
+class Store:
+    """A root and the file system under it; every location it hands out stays under the root.
+
+    Locations are strings: absolute local paths for a local store, URLs (Spark's scheme) for the
+    others, so that the same string goes to Spark, to a table reader and back to the store.
+    """
+
+    def __init__(self, root: str, fs: pafs.FileSystem, settings: StoreSettings | None = None):
+        self.root = root
+        self.fs = fs
+        self.settings = settings or StoreSettings()
+
+    @staticmethod
+    def create(root: str | Path, settings: StoreSettings | None = None) -> "Store":
+        """The store for ``root``: a local folder (a path or ``file://``) or an object store by URL scheme."""
+        text = str(root)
+        if not is_url(text):
+            return LocalStore(text)
+        location = Location.parse(text)
+        if settings is not None:  # what this process is told about a bucket holds for its later stores
+            _SETTINGS[_store_key(location)] = _SETTINGS[(_store_key(location)[0], _ANY)] = settings
+        resolved = _settings_for(location)
+        return ObjectStore(location, _object_fs(location, resolved), resolved)
+
+    # Locations
+    def child(self, *parts: str) -> str:
+        """The location ``parts`` below the root; LakePathError if it would leave the root."""
+        raise NotImplementedError
+
+    def contains(self, location: str) -> bool:
+        """True when ``location`` (same spelling as this store's) lies under the root."""
+        raise NotImplementedError
+
+    def _fs_path(self, location: str) -> str:
+        raise NotImplementedError
+
+    # I/O, all through pyarrow.fs
+    def exists(self, location: str) -> bool:
+        return self.fs.get_file_info(self._fs_path(location)).type != pafs.FileType.NotFound
+
+    def is_file(self, location: str) -> bool:
+        return self.fs.get_file_info(self._fs_path(location)).type == pafs.FileType.File
+
+    def size(self, location: str) -> int:
+        return int(self.fs.get_file_info(self._fs_path(location)).size or 0)
+
+    def read_bytes(self, location: str) -> bytes:
+        with self.fs.open_input_stream(self._fs_path(location)) as stream:
+            return stream.read()
+
+    def open_input(self, location: str):
+        """A seekable binary file (zip archives and Parquet footers need to seek)."""
+        return self.fs.open_input_file(self._fs_path(location))
+
+    def write_bytes(self, location: str, data: bytes) -> None:
+        """Write ``data`` whole: a reader sees the old object or the new one, never a part (see subclasses)."""
+        raise NotImplementedError
+
+    def delete(self, location: str) -> None:
+        """Remove a file or a folder with everything under it; nothing there is not an error."""
+        path = self._fs_path(location)
+        info = self.fs.get_file_info(path)
+        if info.type == pafs.FileType.Directory:
+            self.fs.delete_dir(path)
+        elif info.type == pafs.FileType.File:
+            self.fs.delete_file(path)
+
+    def list_files(self, location: str) -> list[str]:
+        """Every file under ``location`` (recursively), sorted."""
+        selector = pafs.FileSelector(self._fs_path(location), recursive=True, allow_not_found=True)
+        return sorted(self._location(i.path) for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.File)
+
+    def glob(self, pattern: str) -> list[str]:
+        """Files matching ``pattern`` (``*``, ``?``, ``[...]`` within one path segment, as ``glob.glob``), sorted."""
+        parts = pattern.rstrip("/").split("/")
+        fixed = next((i for i, p in enumerate(parts) if _GLOB & set(p)), None)
+        if fixed is None:
+            return [pattern] if self.is_file(pattern) else []
+        base, wanted = "/".join(parts[:fixed]), parts[fixed:]
+        selector = pafs.FileSelector(self._fs_path(base), recursive=len(wanted) > 1, allow_not_found=True)
+        found = []
+        for info in self.fs.get_file_info(selector):
+            relative = info.path[len(self._fs_path(base)):].strip("/").split("/")
+            if info.type == pafs.FileType.File and len(relative) == len(wanted) and all(
+                    fnmatch.fnmatchcase(name, p) for name, p in zip(relative, wanted)):
+                found.append(self._location(info.path))
+        return sorted(found)
+
+    def _location(self, fs_path: str) -> str:
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Fail with one line naming the root when it cannot be reached (a missing bucket, refused credentials)."""
+
+    def spark_settings(self) -> dict[str, str]:
+        """Hadoop settings Spark needs to reach this store (none for a local folder)."""
+        return {}
+
+    def table_options(self) -> dict[str, str]:
+        """delta-rs storage options for tables in this store (where it is; never a secret)."""
+        return {}
+
+
+class LocalStore(Store):
+    """A folder of this machine (the embedded default)."""
+
+    def __init__(self, root: str):
+        text = root.removeprefix("file://") if root.startswith("file://") else root
+        super().__init__(str(Path(urllib.parse.unquote(text) if root.startswith("file://") else text)
+                             .expanduser().resolve()), pafs.LocalFileSystem())
+
+    def child(self, *parts: str) -> str:
+        base = Path(self.root)
+        candidate = base.joinpath(*[str(p) for p in parts]).resolve()
+        if candidate != base and base not in candidate.parents:
+            raise LakePathError(f"{'/'.join(map(str, parts))!r} resolves to {candidate}, outside {self.root}")
+        return str(candidate)
+
+    def contains(self, location: str) -> bool:
+        base, candidate = Path(self.root), Path(location).resolve()
+        return candidate == base or base in candidate.parents
+
+    def _fs_path(self, location: str) -> str:
+        return str(Path(location).resolve())
+
+    def _location(self, fs_path: str) -> str:
+        return fs_path
+
+    def write_bytes(self, location: str, data: bytes) -> None:
+        # Write beside, then rename: a crash leaves the old file or the new one.
+        target = Path(location)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        partial.write_bytes(data)
+        partial.replace(target)
+
+
+# Where each bucket's store is, as the stores made in this process were told: table readers
+# (delta-rs) and source files are handed a URL alone and look its settings up here. A bucket no
+# store was made for (a source's, beside the lake's) gets the settings last given for its scheme.
+_SETTINGS: dict[tuple[str, str], StoreSettings] = {}
+_ANY = "*"
+
+
+def _store_key(location: Location) -> tuple[str, str]:
+    return ("s3" if location.scheme in _S3 else location.scheme, location.authority)
+
+
+class ObjectStore(Store):
+    """A bucket (or container) of an object store; keys under the root's prefix."""
+
+    def __init__(self, location: Location, fs: pafs.FileSystem, settings: StoreSettings | None):
+        super().__init__(location.url, fs, settings)
+        self.location = location
+
+    def child(self, *parts: str) -> str:
+        joined = self.location.join(*parts)
+        if not joined.within(self.location):
+            raise LakePathError(f"{'/'.join(map(str, parts))!r} resolves to {joined.url}, outside {self.root}")
+        return joined.url
+
+    def contains(self, location: str) -> bool:
+        try:
+            return Location.parse(location).within(self.location)
+        except (StorageError, LakePathError):
+            return False
+
+    def _fs_path(self, location: str) -> str:
+        parsed = Location.parse(location)
+        if not parsed.within(Location(self.location.scheme, self.location.authority, "")):
+            raise LakePathError(f"{location}: not in the store {self.location.scheme}://{self.location.authority}")
+        return f"{_bucket(parsed)}/{parsed.key}".rstrip("/")
+
+    def _location(self, fs_path: str) -> str:
+        key = fs_path.split("/", 1)[1] if "/" in fs_path else ""
+        return Location(self.location.scheme, self.location.authority, key).url
+
+    def write_bytes(self, location: str, data: bytes) -> None:
+        # An object PUT is atomic: readers see the old object or the new one.
+        with self.fs.open_output_stream(self._fs_path(location)) as stream:
+            stream.write(data)
+
+    def check(self) -> None:
+        bucket = _bucket(self.location)
+        try:
+            info = self.fs.get_file_info(bucket)
+            if info.type == pafs.FileType.NotFound:
+                raise StorageError(f"{self.root}: the bucket {bucket!r} does not exist (or these credentials "
+                                   "cannot see it); create it, or set lake.root / the source path to one that exists")
+            self.fs.get_file_info(pafs.FileSelector(self._fs_path(self.root), allow_not_found=True))
+        except OSError as err:
+            raise StorageError(f"{self.root}: cannot be read with the credentials of this environment "
+                               f"({_first_line(err)}); set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile "
+                               "or an instance role that may read it") from None
+
+    def spark_settings(self) -> dict[str, str]:
+        if self.location.scheme not in _S3:
+            return {}
+        return s3a_settings(self.settings)
+
+    def table_options(self) -> dict[str, str]:
+        return _delta_rs_options(self.settings) if self.location.scheme in _S3 else {}
+
+
+def _delta_rs_options(settings: StoreSettings) -> dict[str, str]:
+    options = {"AWS_REGION": settings.resolved_region()}
+    endpoint = settings.resolved_endpoint()
+    if endpoint:
+        options["AWS_ENDPOINT_URL"] = endpoint
+        options["AWS_ALLOW_HTTP"] = str(endpoint.startswith("http://")).lower()
+    if settings.path_style:
+        options["AWS_VIRTUAL_HOSTED_STYLE_REQUEST"] = "false"
+    return options
+
+
+def table_location(location: str) -> tuple[str, dict[str, str]]:
+    """A table's location as delta-rs and pyarrow name it (``s3://`` for ``s3a://``) and its storage options.
+
+    The options say where the store is (from the store made for that bucket in this process,
+    else the environment); credentials stay in the environment, where delta-rs finds them too.
+    """
+    if not is_url(location):
+        return location, {}
+    parsed = Location.parse(location)
+    if parsed.scheme not in _S3:
+        return location, {}
+    return Location("s3", parsed.authority, parsed.key).url, _delta_rs_options(_settings_for(parsed))
+
+
+def _settings_for(location: Location) -> StoreSettings:
+    key = _store_key(location)
+    return _SETTINGS.get(key) or _SETTINGS.get((key[0], _ANY)) or StoreSettings()
+
+
+def store_for(location: str) -> Store:
+    """The store that holds ``location`` (a local path, or a URL: its bucket's store, with the settings
+    this process was given for that bucket or its scheme)."""
+    if not is_url(location):
+        return LocalStore(str(Path(location).anchor or "/"))
+    parsed = Location.parse(location)
+    settings = _settings_for(parsed)
+    return ObjectStore(Location(parsed.scheme, parsed.authority, ""), _object_fs(parsed, settings), settings)
+
+
+def _bucket(location: Location) -> str:
+    return location.authority
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _object_fs(location: Location, settings: StoreSettings) -> pafs.FileSystem:
+    if location.scheme in _S3:
+        endpoint = settings.resolved_endpoint()
+        kwargs: dict = {"region": settings.resolved_region()}
+        if endpoint:
+            split = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+            kwargs.update(endpoint_override=split.netloc, scheme=split.scheme)
+        # pyarrow 14 always addresses buckets path-style, which every S3 server accepts.
+        return pafs.S3FileSystem(**kwargs)
+    if location.scheme in _OTHER:
+        # Spark itself reaches these through its Hadoop connectors; the platform's own files are
+        # not stored there yet (pyarrow 14 has no Azure file system; GCS and HDFS are untested).
+        raise StorageError(f"{location.url}: {location.scheme}:// is not supported as a lake or source yet; "
+                           "use s3a:// or a local folder")
+    raise StorageError(f"{location.url}: unknown storage scheme {location.scheme!r}; use a local path or s3a://")
+
+
+def s3a_settings(settings: StoreSettings) -> dict[str, str]:
+    """Spark's S3A settings for where the store is; the credentials stay with S3A's own provider chain
+    (environment, Hadoop configuration, instance profile), so no secret reaches a Spark setting."""
+    conf = {"spark.hadoop.fs.s3a.endpoint.region": settings.resolved_region()}
+    endpoint = settings.resolved_endpoint()
+    if endpoint:
+        conf["spark.hadoop.fs.s3a.endpoint"] = endpoint
+        conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(endpoint.startswith("https://")).lower()
+    if settings.path_style:
+        conf["spark.hadoop.fs.s3a.path.style.access"] = "true"
+    return conf

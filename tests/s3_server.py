@@ -1,0 +1,67 @@
+"""A real S3-compatible server for the tests: moto's standalone server, in a process of its own, on loopback.
+
+Everything that talks to it (pyarrow, delta-rs, Spark's S3A connector, the platform's stores)
+does so over HTTP, through a socket, as it would to a real object store.
+"""
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from shardlake.storage import StoreSettings, s3a_settings
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class S3Server:
+    """``moto_server`` on a free loopback port for the block; ``endpoint`` is its URL."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.settings = StoreSettings(endpoint=self.endpoint, region="us-east-1", path_style=True)
+
+    def __enter__(self) -> "S3Server":
+        server = Path(sys.executable).with_name("moto_server")
+        self._process = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(self.port)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
+                return self
+            except OSError:
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto_server did not start on port {self.port}") from None
+                time.sleep(0.1)
+
+    def __exit__(self, *exc) -> None:
+        self._process.terminate()
+        self._process.wait(10)
+
+    def filesystem(self) -> pafs.S3FileSystem:
+        return pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{self.port}", scheme="http", region="us-east-1",
+                                 allow_bucket_creation=True)
+
+    def bucket(self, name: str) -> str:
+        """A new bucket (a valid S3 name made from ``name``); its name."""
+        bucket = re.sub(r"[^a-z0-9-]", "-", name.lower())[:50].strip("-") + f"-{time.monotonic_ns() % 10**9}"
+        self.filesystem().create_dir(bucket)
+        return bucket
+
+    def spark_settings(self) -> dict[str, str]:
+        return s3a_settings(self.settings)
+
+    def overrides(self) -> list[str]:
+        """Configuration overrides that point a job's lake at this server."""
+        return [f"lake.endpoint={self.endpoint}", "lake.region=us-east-1", "lake.path_style=true"]

@@ -1,0 +1,105 @@
+"""shardlake.storage: one interface over a local folder and an S3 store (a real server), escapes refused."""
+from __future__ import annotations
+
+import pyarrow.fs as pafs
+import pytest
+
+from shardlake.lake import Lake
+from shardlake.storage import LakePathError, Location, Store, StorageError, StoreSettings, table_location
+
+
+@pytest.mark.parametrize("parts", [("..", "other"), ("a", "..", "..", "b"), ("%2e%2e", "other"), ("a/%2E%2E/../x",)])
+def test_an_object_store_refuses_a_location_outside_its_root(parts):
+    with pytest.raises(LakePathError, match="outside s3a://bucket/lake"):
+        Store.create("s3a://bucket/lake").child(*parts)
+
+
+def test_an_object_store_location_is_the_normalised_url_under_its_root():
+    store = Store.create("s3a://bucket/lake/")
+    assert store.child("flights", "./clean", "x/../y") == "s3a://bucket/lake/flights/clean/y"
+
+
+@pytest.mark.parametrize("other, inside", [
+    ("s3a://bucket/lake/flights/clean", True),
+    ("s3://bucket/lake/flights", True),  # pyarrow's and delta-rs's spelling of the same object
+    ("s3a://bucket/lake-other/x", False),
+    ("s3a://other-bucket/lake/x", False),
+    ("gs://bucket/lake/x", False),
+    ("s3a://bucket/lake/%2e%2e/secrets", False),
+])
+def test_containment_compares_store_bucket_and_normalised_key(other, inside):
+    assert Store.create("s3a://bucket/lake").contains(other) is inside
+
+
+def test_a_local_store_refuses_a_location_outside_its_root(tmp_path):
+    with pytest.raises(LakePathError, match="outside"):
+        Store.create(tmp_path / "lake").child("..", "elsewhere")
+
+
+def test_an_unsupported_scheme_is_refused_by_name():
+    with pytest.raises(StorageError, match=r"abfss://c@acct/lake: abfss:// is not supported"):
+        Store.create("abfss://c@acct/lake")
+
+
+def test_a_url_without_a_bucket_is_refused():
+    with pytest.raises(StorageError, match="needs a bucket"):
+        Location.parse("s3a:///lake")
+
+
+def test_table_location_speaks_delta_rs_s3_with_the_endpoint_and_no_secret():
+    Store.create("s3a://tables-bucket/lake", StoreSettings(endpoint="http://127.0.0.1:9", path_style=True))
+    uri, options = table_location("s3a://tables-bucket/lake/flights/clean")
+    assert uri == "s3://tables-bucket/lake/flights/clean"
+    assert options == {"AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ALLOW_HTTP": "true",
+                       "AWS_VIRTUAL_HOSTED_STYLE_REQUEST": "false"}
+
+
+def _roundtrip(store: Store) -> None:
+    store.write_bytes(store.child("landing", "2024-01-05", "a.csv"), b"x,y\n1,2\n")
+    store.write_bytes(store.child("landing", "2024-01-06", "b.csv"), b"x,y\n3,4\n")
+    store.write_bytes(store.child("landing", "2024-01-06", "notes.txt"), b"n")
+    found = store.glob(store.child("landing") + "/*/*.csv")
+    assert found == [store.child("landing", "2024-01-05", "a.csv"), store.child("landing", "2024-01-06", "b.csv")]
+    assert store.read_bytes(found[1]) == b"x,y\n3,4\n"
+    with store.open_input(found[0]) as handle:
+        handle.seek(4)
+        assert handle.read() == b"1,2\n"
+    store.delete(store.child("landing", "2024-01-06"))
+    assert store.list_files(store.child("landing")) == [found[0]]
+
+
+def test_a_local_store_writes_reads_globs_and_deletes(tmp_path):
+    _roundtrip(Store.create(tmp_path / "lake"))
+
+
+def test_an_s3_store_writes_reads_globs_and_deletes_over_the_server(s3_server):
+    bucket = s3_server.bucket("roundtrip")
+    store = Store.create(f"s3a://{bucket}/lake", s3_server.settings)
+    store.check()
+    _roundtrip(store)
+    # What the server holds, seen by another client: the objects the store said it wrote.
+    listed = [i.path for i in s3_server.filesystem().get_file_info(pafs.FileSelector(bucket, recursive=True))
+              if i.type == pafs.FileType.File]
+    assert listed == [f"{bucket}/lake/landing/2024-01-05/a.csv"]
+
+
+def test_a_missing_bucket_is_one_line_naming_the_url(s3_server):
+    store = Store.create("s3a://no-such-bucket-here/lake", s3_server.settings)
+    with pytest.raises(StorageError, match=r"^s3a://no-such-bucket-here/lake: the bucket 'no-such-bucket-here' "
+                                           r"does not exist") as err:
+        store.check()
+    assert "\n" not in str(err.value)
+
+
+def test_a_lake_on_s3_with_the_default_log_store_warns_of_one_writer_at_a_time():
+    warning = Lake.at("s3a://warn-bucket/lake").single_writer_warning({})
+    assert warning.startswith("s3a://warn-bucket/lake: Delta's default S3 log store allows one writing Spark driver")
+
+
+def test_a_lake_on_s3_with_the_dynamodb_log_store_does_not_warn():
+    settings = {"spark.delta.logStore.s3a.impl": "io.delta.storage.S3DynamoDBLogStore"}
+    assert Lake.at("s3a://warn-bucket/lake").single_writer_warning(settings) is None
+
+
+def test_a_local_lake_does_not_warn(tmp_path):
+    assert Lake.at(tmp_path).single_writer_warning({}) is None
