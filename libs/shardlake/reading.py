@@ -97,9 +97,9 @@ def parse(records: DataFrame, source: SourceSpec, columns: Sequence[tuple[str, s
     return P.cast_columns(fields, columns, source.null_values)
 
 
-def read_records(spark: SparkSession, source: SourceSpec, files: Sequence[Path]) -> DataFrame:
+def read_records(spark: SparkSession, source: SourceSpec, files: Sequence[sources.SourceFile]) -> DataFrame:
     """The files' records as (``_raw``, ``_source_file``, ``_record_kind``): see ``read_parsed``."""
-    present = [f for f in files if f.stat().st_size > 0]
+    present = [f for f in files if sources.file_size(f) > 0]
     if not present:
         return spark.createDataFrame([], RECORDS_SCHEMA)
     if source.format == "parquet":
@@ -153,8 +153,8 @@ def _is_header(line, texts: Sequence[str], headers: dict[str, str]):
     return line.isin(candidates) & F.coalesce((line == own) | (line == F.concat(F.lit(P.BOM), own)), F.lit(False))
 
 
-def scan_lines(spark: SparkSession, files: Sequence[Path], encoding: str, delimiter: str,
-               headers: dict[Path, str], quotes: bool) -> dict[Path, LineScan]:
+def scan_lines(spark: SparkSession, files: Sequence[sources.SourceFile], encoding: str, delimiter: str,
+               headers: dict[sources.SourceFile, str], quotes: bool) -> dict[sources.SourceFile, LineScan]:
     """The first pass (a Spark job): per file, whether a line ends inside a quote (when ``quotes``)
     and how many lines equal its header in ``headers`` (with and without a byte-order mark).
 
@@ -173,7 +173,7 @@ def scan_lines(spark: SparkSession, files: Sequence[Path], encoding: str, delimi
         *[F.count(F.when(line == text, 1)).alias(f"_n{i}") for i, text in enumerate(candidates)])
     scans = {}
     for row in found.collect():
-        path = sources.local_path(row["_source_file"])
+        path = sources.file_of(row["_source_file"])
         own = headers.get(path, "").lstrip(P.BOM)
         count = {text: row[f"_n{i}"] for i, text in enumerate(candidates)}
         scans[path] = LineScan(row["_source_file"], bool(row["opens_quote"]), count.get(own, 0),
@@ -197,10 +197,10 @@ def _repeated_headers(spark: SparkSession, headers: dict[str, str], scans: Seque
     return repeated.select("_raw", "_source_file", kind.alias(P.RECORD_KIND))
 
 
-def csv_records(spark: SparkSession, files: Sequence[Path], encoding: str, delimiter: str, header: bool,
-                multiline: bool = True) -> DataFrame:
+def csv_records(spark: SparkSession, files: Sequence[sources.SourceFile], encoding: str, delimiter: str,
+                header: bool, multiline: bool = True) -> DataFrame:
     """CSV files' records with their kinds: files with a quoted newline stitched in order, the rest by line."""
-    files = [f.resolve() for f in files]
+    files = [f.resolve() if isinstance(f, Path) else f for f in files]
     texts = {f: sources.header_line(f, encoding) for f in files} if header else {}
     plain = _plain_files(files, texts, encoding, multiline)
     rest = [f for f in files if f not in plain]
@@ -235,12 +235,16 @@ def csv_records(spark: SparkSession, files: Sequence[Path], encoding: str, delim
 LOCAL_CHECK_BYTES = 256 << 20
 
 
-def _plain_files(files: Sequence[Path], texts: dict[Path, str], encoding: str, quotes: bool) -> list[Path]:
+def _plain_files(files: Sequence[sources.SourceFile], texts: dict, encoding: str,
+                 quotes: bool) -> list[sources.SourceFile]:
     """The files whose every line but the header is a record, as far as a driver-side byte count tells.
 
-    Only for a small source whose files share one header text: the lines equal to it can then
-    be set aside by that text alone.
+    Only for a small local source whose files share one header text: the lines equal to it can
+    then be set aside by that text alone. Objects on a store are scanned by Spark instead (their
+    bytes would cross the network to the driver).
     """
-    if sum(f.stat().st_size for f in files) > LOCAL_CHECK_BYTES or len({t.lstrip(P.BOM) for t in texts.values()}) > 1:
+    if not all(isinstance(f, Path) for f in files):
+        return []
+    if sum(sources.file_size(f) for f in files) > LOCAL_CHECK_BYTES or len({t.lstrip(P.BOM) for t in texts.values()}) > 1:
         return []
     return [f for f in files if sources.plain_lines(f, texts[f].lstrip(P.BOM) if texts else None, encoding, quotes)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import os
 import hashlib
 import importlib.util
 import io
@@ -22,12 +23,16 @@ import urllib.parse
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from shardlake.storage import is_url, store_for
 from shardlake.transforms.parse import LINE, LINE_BLOCK, LINE_NO
+
+# A source file: a local path, or a URL on an object store (``s3a://bucket/landing/a.csv``).
+SourceFile = Path | str
 
 UTF8 = ("utf-8", "utf8")
 
@@ -41,7 +46,28 @@ class SourceGroup:
     """Files that share one record layout: ``names`` are their fields in file order."""
 
     names: tuple[str, ...]
-    files: tuple[Path, ...]
+    files: tuple[SourceFile, ...]
+
+
+def _remote(path: SourceFile) -> bool:
+    return isinstance(path, str) and is_url(path)
+
+
+def open_binary(path: SourceFile):
+    """A seekable binary file of a local path or an object (zip archives and Parquet footers seek)."""
+    return store_for(path).open_input(path) if _remote(path) else open(path, "rb")
+
+
+def _open_text(path: SourceFile, encoding: str):
+    return io.TextIOWrapper(open_binary(path), encoding=encoding, errors="replace", newline="")
+
+
+def file_size(path: SourceFile) -> int:
+    return store_for(path).size(path) if _remote(path) else os.path.getsize(path)
+
+
+def _name(path: SourceFile) -> PurePosixPath:
+    return PurePosixPath(path) if _remote(path) else PurePosixPath(Path(path).name)
 
 
 def _package_path(path: str) -> Path:
@@ -52,8 +78,11 @@ def _package_path(path: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / rel
 
 
-def resolve_files(path: str, base_dir: Path) -> list[Path]:
-    """Expand a source path (package://, relative to base_dir, a folder or a glob) into existing files."""
+def resolve_files(path: str, base_dir: Path) -> list[SourceFile]:
+    """Expand a source path (package://, relative to base_dir, a folder or a glob; or the same on an object
+    store by URL) into existing files."""
+    if is_url(path) and not path.startswith("package://"):
+        return _resolve_remote(path)
     target = _package_path(path) if path.startswith("package://") else Path(path)
     if not target.is_absolute():
         target = base_dir / target
@@ -68,20 +97,36 @@ def resolve_files(path: str, base_dir: Path) -> list[Path]:
     return files
 
 
-def _content_hash(path: Path) -> str:
+def _resolve_remote(url: str) -> list[str]:
+    """The objects a URL names: a glob's matches, a "folder"'s files (not ``.``/``_`` ones), or the object."""
+    store = store_for(url)
+    if any(ch in url for ch in "*?["):
+        files = store.glob(url)
+    elif store.is_file(url):
+        files = [url]
+    else:
+        files = [f for f in store.list_files(url) if "/" not in f[len(url.rstrip("/")) + 1:]
+                 and not PurePosixPath(f).name.startswith((".", "_"))]
+    if not files:
+        raise SourceError(f"{url}: source not found (no object matches)")
+    return files
+
+
+def _content_hash(path: SourceFile) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open_binary(path) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]
 
 
-def unzip_to_staging(archive: Path, staging_root: Path) -> list[Path]:
-    """Extract a zip archive once into a folder named by its content hash; atomic via rename."""
+def unzip_to_staging(archive: SourceFile, staging_root: Path) -> list[Path]:
+    """Extract a zip archive (local or on an object store) once into a local folder named by its content
+    hash; atomic via rename."""
     try:
-        with zipfile.ZipFile(archive) as zf:
+        with open_binary(archive) as handle, zipfile.ZipFile(handle) as zf:
             members = [m for m in zf.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX")]
-            target = staging_root / f"{archive.stem}-{_content_hash(archive)}"
+            target = staging_root / f"{_name(archive).stem}-{_content_hash(archive)}"
             if not target.exists():
                 tmp = target.with_name(target.name + ".tmp")
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -96,32 +141,32 @@ def unzip_to_staging(archive: Path, staging_root: Path) -> list[Path]:
     return sorted(target / Path(m.filename).name for m in members)
 
 
-def materialise(files: list[Path], compression: str, staging_root: Path) -> list[Path]:
+def materialise(files: list[SourceFile], compression: str, staging_root: Path) -> list[SourceFile]:
     """Replace zip archives by their extracted members; other files pass through."""
-    out: list[Path] = []
+    out: list[SourceFile] = []
     for path in files:
-        is_zip = compression == "zip" or (compression == "auto" and path.suffix == ".zip")
+        is_zip = compression == "zip" or (compression == "auto" and _name(path).suffix == ".zip")
         out.extend(unzip_to_staging(path, staging_root) if is_zip else [path])
     return out
 
 
-def _first_line(path: Path, encoding: str) -> str:
-    with path.open("r", encoding=encoding, errors="replace", newline="") as handle:
+def _first_line(path: SourceFile, encoding: str) -> str:
+    with _open_text(path, encoding) as handle:
         return handle.readline().rstrip("\r\n")
 
 
-def header_line(path: Path, encoding: str) -> str:
+def header_line(path: SourceFile, encoding: str) -> str:
     """A file's first line as text, without its line ending (a byte-order mark is kept)."""
     return _first_line(path, encoding)
 
 
-def _only_blank_lines(path: Path, encoding: str) -> bool:
+def _only_blank_lines(path: SourceFile, encoding: str) -> bool:
     """True when every line of the file is empty or spaces (read until the first line that is not)."""
-    with path.open("r", encoding=encoding, errors="replace", newline="") as handle:
+    with _open_text(path, encoding) as handle:
         return all(not line.strip(" \r\n\ufeff") for line in handle)
 
 
-def read_header(path: Path, delimiter: str, encoding: str) -> list[str]:
+def read_header(path: SourceFile, delimiter: str, encoding: str) -> list[str]:
     """Column names from a CSV file's first line (a UTF-8 byte-order mark is ignored); empty file: none."""
     first = _first_line(path, encoding).lstrip("\ufeff")
     if not first.strip():
@@ -129,7 +174,7 @@ def read_header(path: Path, delimiter: str, encoding: str) -> list[str]:
     return [name.strip() for name in next(csv.reader(io.StringIO(first), delimiter=delimiter))]
 
 
-def _changed(path: Path, found: Sequence[str], expected: Sequence[str], allow_evolution: bool, what: str) -> None:
+def _changed(path: SourceFile, found: Sequence[str], expected: Sequence[str], allow_evolution: bool, what: str) -> None:
     """Refuse ``found`` fields unless they equal ``expected`` or evolution allows added/reordered ones.
 
     A declared column missing from the file is refused even with evolution: the declared schema
@@ -152,15 +197,15 @@ def _changed(path: Path, found: Sequence[str], expected: Sequence[str], allow_ev
                       f"columns {list(expected)}: {change}. Refused: {hint}.")
 
 
-def check_csv_headers(files: list[Path], expected: list[str], delimiter: str, encoding: str,
+def check_csv_headers(files: list[SourceFile], expected: list[str], delimiter: str, encoding: str,
                       allow_evolution: bool) -> list[SourceGroup]:
     """Group CSV files by header; refuse a header that differs from the declared columns (a schema change).
 
     With evolution allowed, files with extra or reordered columns are accepted and read by name.
     """
-    groups: dict[tuple[str, ...], list[Path]] = {}
+    groups: dict[tuple[str, ...], list[SourceFile]] = {}
     for path in files:
-        if path.stat().st_size == 0:
+        if file_size(path) == 0:
             continue
         header = read_header(path, delimiter, encoding)
         if not header:
@@ -195,7 +240,7 @@ _PARQUET_KINDS = {
 }
 
 
-def check_parquet_schemas(files: list[Path], columns: Sequence[tuple[str, str]], allow_evolution: bool) -> None:
+def check_parquet_schemas(files: list[SourceFile], columns: Sequence[tuple[str, str]], allow_evolution: bool) -> None:
     """Refuse Parquet files whose columns or column types differ from the declared ones.
 
     With evolution allowed, extra columns and other types pass (values are then cast, row by
@@ -205,7 +250,8 @@ def check_parquet_schemas(files: list[Path], columns: Sequence[tuple[str, str]],
 
     declared = dict(columns)
     for path in files:
-        schema = pq.read_schema(path)
+        with open_binary(path) as handle:
+            schema = pq.read_schema(handle)
         _changed(path, schema.names, list(declared), allow_evolution, "schema")
         if allow_evolution:
             continue
@@ -220,14 +266,14 @@ def check_parquet_schemas(files: list[Path], columns: Sequence[tuple[str, str]],
                 )
 
 
-def check_json_fields(files: list[Path], expected: list[str], encoding: str, allow_evolution: bool) -> None:
+def check_json_fields(files: list[SourceFile], expected: list[str], encoding: str, allow_evolution: bool) -> None:
     """Refuse JSON-lines files whose first record has fields that are not declared.
 
     Missing fields and another field order are not a change: JSON writers commonly leave out
     null fields, and fields are read by name.
     """
     for path in files:
-        if path.stat().st_size == 0:
+        if file_size(path) == 0:
             continue
         try:
             first = json.loads(_first_line(path, encoding).lstrip("\ufeff"))
@@ -242,7 +288,7 @@ def check_json_fields(files: list[Path], expected: list[str], encoding: str, all
             )
 
 
-def layout(files: list[Path], fmt: str, columns: Sequence[tuple[str, str]], delimiter: str, header: bool,
+def layout(files: list[SourceFile], fmt: str, columns: Sequence[tuple[str, str]], delimiter: str, header: bool,
            encoding: str, allow_evolution: bool) -> list[SourceGroup]:
     """Check every file's schema against the declared columns and group files by record layout."""
     names = [n for n, _ in columns]
@@ -255,7 +301,7 @@ def layout(files: list[Path], fmt: str, columns: Sequence[tuple[str, str]], deli
     return [SourceGroup(tuple(names), tuple(files))]
 
 
-def plain_lines(path: Path, header: str | None, encoding: str, quotes: bool = True, block_size: int = 1 << 24) -> bool:
+def plain_lines(path: SourceFile, header: str | None, encoding: str, quotes: bool = True, block_size: int = 1 << 24) -> bool:
     """True when every line of the file but a header line is a record, read from its bytes.
 
     That is: no quote character (when ``quotes``; then no quoted field can hold a newline), and
@@ -274,7 +320,7 @@ def plain_lines(path: Path, header: str | None, encoding: str, quotes: bool = Tr
         if not needle:
             return False  # a blank header: blank lines are told apart line by line
     found, tail = 0, b""
-    with path.open("rb") as handle:
+    with open_binary(path) as handle:
         for block in iter(lambda: handle.read(block_size), b""):
             if quotes and b'"' in block:
                 return False
@@ -288,13 +334,21 @@ def plain_lines(path: Path, header: str | None, encoding: str, quotes: bool = Tr
     return needle is None or found == 1
 
 
-def spark_path(path: Path) -> str:
-    """The path as Spark's readers take it: ``file://`` and the absolute path, glob characters escaped.
+def spark_path(path: SourceFile) -> str:
+    """The path as Spark's readers take it: ``file://`` and the absolute path (an object's URL as it
+    is), glob characters escaped.
 
     Not ``Path.as_uri()``: Spark does not undo its percent-escapes (a file named ``a b.csv``
     would not be found), and it reads ``[]{}*?`` as a glob.
     """
-    return "file://" + re.sub(r"([\\{}\[\]*?])", r"\\\1", str(path.resolve()))
+    if _remote(path):
+        scheme, rest = str(path).split("://", 1)
+        return f"{scheme}://{_escape_glob(rest)}"
+    return "file://" + _escape_glob(str(Path(path).resolve()))
+
+
+def _escape_glob(text: str) -> str:
+    return re.sub(r"([\\{}\[\]*?])", r"\\\1", text)
 
 
 def local_path(uri: str) -> Path:
@@ -302,7 +356,14 @@ def local_path(uri: str) -> Path:
     return Path(urllib.parse.unquote(urllib.parse.urlparse(uri).path))
 
 
-def read_lines(spark: SparkSession, files: Sequence[Path], encoding: str = "UTF-8", ordered: bool = False) -> DataFrame:
+def file_of(uri: str) -> SourceFile:
+    """The source file a URI names as Spark reports it (``input_file_name``): a local path, or the object's URL."""
+    if uri.startswith("file:") or "://" not in uri:
+        return local_path(uri)
+    return urllib.parse.unquote(uri)
+
+
+def read_lines(spark: SparkSession, files: Sequence[SourceFile], encoding: str = "UTF-8", ordered: bool = False) -> DataFrame:
     """The files' physical lines as (``_source_file``, ``_line``), decoded from ``encoding`` (a JVM name).
 
     ``_source_file`` is the file's URI as Spark writes it (``input_file_name``; ``local_path``

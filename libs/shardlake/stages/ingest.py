@@ -40,7 +40,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -77,7 +76,7 @@ def _fail_fast_message(err: Exception) -> str | None:
 
 
 def _stage(spark: SparkSession, report: IngestReport, marked: DataFrame, spec: DatasetSpec,
-           observation: Observation, folder: Path) -> tuple[DataFrame, dict[str, tuple[object, object]]]:
+           observation: Observation, folder: str) -> tuple[DataFrame, dict[str, tuple[object, object]]]:
     """Write the marked rows once, as Parquet under ``folder``, and fill the report's counts as they pass.
 
     The one pass over the data: reading, parsing, joins, rules and the key window run while the
@@ -90,13 +89,13 @@ def _stage(spark: SparkSession, report: IngestReport, marked: DataFrame, spec: D
     accounting = Observation("accounting")
     try:
         aggregates = accounting_aggregates(all_rule_names(spec), fill_spec, spec.cluster_by)
-        marked.observe(accounting, *aggregates).write.parquet(str(folder))
+        marked.observe(accounting, *aggregates).write.parquet(folder)
     except Exception as err:  # a Spark job failure carries the fail_fast message in its text
         message = _fail_fast_message(err)
         if message is None:
             raise
         raise IngestError(f"{message}; no table was created or changed") from None
-    staged = spark.read.parquet(str(folder))
+    staged = spark.read.parquet(folder)
     seen = observed(observation.get, staged)
     report.rows_read, report.blank_lines, report.header_lines = (int(seen[k]) for k in (P.RECORD, P.BLANK, P.HEADER))
     counted = observed(accounting.get, staged)
@@ -199,10 +198,11 @@ def _table_statistics(spark: SparkSession, spec: DatasetSpec, report: IngestRepo
                     spec.name, report.skew_ratio, spec.skew_warn_ratio, report.shard_counts)
 
 
-def _staging_folder(lake: Lake, run_id: str, stack: ExitStack) -> Path:
-    """A folder of this run's own under the lake's staging area, removed when the run ends (either way)."""
-    folder = lake.staging("ingest", f"{re.sub(r'[^A-Za-z0-9_.-]', '_', run_id)}-{uuid4().hex[:12]}")
-    stack.callback(shutil.rmtree, folder, True)
+def _staging_folder(lake: Lake, run_id: str, stack: ExitStack) -> str:
+    """A location of this run's own under the lake's staging area (on the lake's store), removed when
+    the run ends (either way)."""
+    folder = lake.staging_location("ingest", f"{re.sub(r'[^A-Za-z0-9_.-]', '_', run_id)}-{uuid4().hex[:12]}")
+    stack.callback(lake.store.delete, folder)
     return folder
 
 
@@ -251,7 +251,7 @@ def run_ingest(
 
     with ExitStack() as stack:
         progress("checking the source schema")
-        parsed, observation = R.kind_counts(read_parsed(spark, spec.source, columns, lake.staging(), base_dir,
+        parsed, observation = R.kind_counts(read_parsed(spark, spec.source, columns, lake.scratch(), base_dir,
                                                         spec.allow_schema_evolution))
         joins = R.read_joins(spark, spec, lake, base_dir, report, stack)
         flagged = R.flag_records(R.records(parsed), spec, joins)

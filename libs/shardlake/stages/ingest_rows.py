@@ -109,7 +109,7 @@ def read_joins(spark: SparkSession, spec: DatasetSpec, lake: Lake, base_dir: Pat
     joins = []
     for join in spec.joins:
         parsed = stack.enter_context(cached(read_parsed(
-            spark, join.source, [(c.name, c.type) for c in join.columns], lake.staging(), base_dir, False)))
+            spark, join.source, [(c.name, c.type) for c in join.columns], lake.scratch(), base_dir, False)))
         report.joins[join.name] = join_summary(parsed, join)
         check_join(join, report.joins[join.name])
         joins.append((join, join_table(parsed, join)))
