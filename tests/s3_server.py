@@ -5,6 +5,7 @@ does so over HTTP, through a socket, as it would to a real object store.
 """
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -26,14 +27,19 @@ def _free_port() -> int:
 class S3Server:
     """``moto_server`` on a free loopback port for the block; ``endpoint`` is its URL."""
 
-    def __init__(self) -> None:
+    def __init__(self, authenticate_after: int | None = None) -> None:
+        # moto checks request signatures against its own IAM only after this many requests (None: never).
+        self.authenticate_after = authenticate_after
         self.port = _free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.settings = StoreSettings(endpoint=self.endpoint, region="us-east-1", path_style=True)
 
     def __enter__(self) -> "S3Server":
         server = Path(sys.executable).with_name("moto_server")
-        self._process = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(self.port)],
+        env = dict(os.environ)
+        if self.authenticate_after is not None:
+            env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(self.authenticate_after)
+        self._process = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(self.port)], env=env,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while True:

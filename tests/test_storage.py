@@ -1,6 +1,8 @@
 """shardlake.storage: one interface over a local folder and an S3 store (a real server), escapes refused."""
 from __future__ import annotations
 
+import os
+
 import pyarrow.fs as pafs
 import pytest
 
@@ -103,3 +105,19 @@ def test_a_lake_on_s3_with_the_dynamodb_log_store_does_not_warn():
 
 def test_a_local_lake_does_not_warn(tmp_path):
     assert Lake.at(tmp_path).single_writer_warning({}) is None
+
+
+def test_refused_credentials_are_one_line_naming_the_url():
+    import boto3
+
+    from s3_server import S3Server
+
+    # This server checks signatures from its second request on: the first creates the bucket,
+    # after which the environment's key (unknown to the server's IAM) is refused, as a revoked key would be.
+    with S3Server(authenticate_after=1) as server:
+        boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1").create_bucket(Bucket="locked")
+        store = Store.create("s3a://locked/lake", server.settings)
+        with pytest.raises(StorageError, match=r"^s3a://locked/lake: cannot be read with the credentials of this "
+                                               r"environment") as err:
+            store.check()
+    assert "\n" not in str(err.value) and os.environ["AWS_SECRET_ACCESS_KEY"] not in str(err.value)
