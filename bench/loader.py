@@ -7,6 +7,7 @@ shared; the best pass is the least disturbed one), limit and loaders interleaved
 
     python bench/loader.py                       # ./lake's flights clean table, latest version
     python bench/loader.py --synthetic-rows 300000   # no lake needed
+    python bench/loader.py --s3                  # the same files on an S3 server (moto's, started here)
 
 Recorded on the 2-core development machine (flights clean table v16: 261,952 training rows in
 8 row groups, 11 numeric + 3 string features, batch 1024) while other engineers' Spark jobs kept
@@ -84,12 +85,14 @@ def rewrite(files: Sequence[str], folder: Path, row_group_size: int) -> list[str
     return out
 
 
-def limit(files: Sequence[str], spec: ModelSpec, columns: Sequence[str]) -> Callable[[], int]:
-    """pyarrow straight into tensors: the ceiling for any loader of these files."""
+def limit(files: Sequence[str], spec: ModelSpec, columns: Sequence[str], filesystem=None) -> Callable[[], int]:
+    """pyarrow straight into tensors: the ceiling for any loader of these files (on ``filesystem``:
+    the objects of an S3 server, read from the same server)."""
     def run() -> int:
         rows = 0
         for f in files:
-            table = pq.read_table(f.removeprefix("file://"), columns=list(columns))
+            path = f.removeprefix("s3://") if filesystem is not None else f.removeprefix("file://")
+            table = pq.read_table(path, columns=list(columns), filesystem=filesystem)
             # Strings via Arrow's dictionary encoding: the cheapest route from Parquet to codes.
             frame = {c: column_values(table.column(c)) for c in table.column_names}
             numeric, categorical = encode(frame, spec) if spec.categorical else (
@@ -179,6 +182,44 @@ def paired_rates(loader: Callable[[], int], ceiling: Callable[[], int], repeat: 
     return max(rates), max(limits), rows
 
 
+def on_s3(files: Sequence[str], spec: ModelSpec, args) -> int:
+    """The loader against pyarrow's limit with the files as objects of an S3 server on loopback.
+
+    The server is moto's standalone one (tests/s3_server.py), in its own process: every byte crosses
+    a socket, for the loader and the limit alike.
+    """
+    sys.path.insert(0, str(REPO / "tests"))
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    from s3_server import S3Server
+
+    with S3Server() as server:
+        fs, bucket = server.filesystem(), server.bucket("bench-loader")
+        urls = []
+        for i, f in enumerate(files):
+            key = f"{bucket}/train/part-{i:03d}.parquet"
+            with open(f.removeprefix("file://"), "rb") as src, fs.open_output_stream(key) as out:
+                out.write(src.read())
+            urls.append(f"s3://{key}")
+        ceiling = limit(urls, spec, [*NUMERIC, *CATEGORICAL, LABEL], filesystem=fs)
+        print(f"{'variant (files on the S3 server)':<50} {'rows/s':>12} {'limit rows/s':>13} {'ratio':>6}")
+        best = []
+        for workers in (1, 2):
+            options = LoaderOptions(pool="thread", workers=workers, shuffle_buffer=args.shuffle_buffer,
+                                    store=server.settings)
+            loader = shardlake_loader(urls, spec, args.batch_size, options)
+            loader(), ceiling()  # warm: imports, connections
+            rate, ceiling_rate, _ = paired_rates(loader, ceiling, args.repeat)
+            best.append(ceiling_rate)
+            print(f"{f'shardlake loader: thread pool, {workers} worker(s)':<50} {rate:>12,.0f} {ceiling_rate:>13,.0f} "
+                  f"{rate / ceiling_rate:>6.2f}")
+            if workers == 1:
+                headline = rate
+    print(f"RATIO on S3 shardlake loader / pyarrow limit = {headline / max(best):.2f} "
+          f"(against the best limit pass of the run, {max(best):,.0f} rows/s; target >= 0.5)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lake", type=Path, default=REPO / "lake")
@@ -190,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--row-group-sizes", default="8192", help="also measure files rewritten with these row groups")
     p.add_argument("--skip-slow", action="store_true", help="skip petastorm's row-wise DataLoader (slowest)")
+    p.add_argument("--s3", action="store_true", help="the files as objects of an S3 server (started here) instead")
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -203,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     numeric_spec = ModelSpec(kind="binary", numeric=NUMERIC, categorical=[], vocab={}, mean=spec.mean, std=spec.std)
     groups = sum(pq.ParquetFile(f.removeprefix("file://")).metadata.num_row_groups for f in files)
     print(f"source {source}: {len(files)} files, {groups} row groups, cpu {os.cpu_count()}")
+    if args.s3:
+        return on_s3(files, spec, args)
 
     full_limit = limit(files, spec, [*NUMERIC, *CATEGORICAL, LABEL])
     numeric_limit = limit(files, numeric_spec, [*NUMERIC, LABEL])

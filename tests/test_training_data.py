@@ -166,3 +166,25 @@ def test_int_and_bool_categories_reach_training_as_their_vocabulary_indices(spar
     codes = [row.tolist() for _, categorical, _ in batches(files, spec, "delayed", 64, shuffle=False)
              for row in categorical]
     assert codes == TYPED_CATEGORY_CODES
+
+
+@pytest.fixture(scope="module")
+def s3_versions(spark, s3_server):
+    """The same two versions as ``versions``, in a lake on the test S3 server (both in one prefix)."""
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    for key, value in s3_server.spark_settings().items():
+        hadoop.set(key.removeprefix("spark.hadoop."), value)
+    lake = Lake.at(f"s3a://{s3_server.bucket('loader')}/lake", s3_server.settings)
+    path = lake.table("flights", "clean")
+    v0 = flights_like_frame(3000, seed=1, shards=3)
+    write_clean_table(spark, path, v0)
+    write_clean_table(spark, path, flights_like_frame(2000, seed=2, shards=2))
+    return {"path": path, 0: v0, "store": s3_server.settings}
+
+
+def test_every_training_row_of_a_version_on_s3_is_delivered_exactly_once_across_ranks(s3_versions):
+    files = delta_log.snapshot_files(s3_versions["path"], 0, [("split", "=", "train")])
+    assert files and all(f.startswith("s3://") for f in files)
+    store = s3_versions["store"]
+    got = Counter(delivered_ids(files, 0, 2, seed=0, store=store) + delivered_ids(files, 1, 2, seed=0, store=store))
+    assert got == train_ids(s3_versions[0])

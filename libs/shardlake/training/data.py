@@ -8,6 +8,7 @@ from functools import lru_cache
 import numpy as np
 
 from shardlake.models.tabular import ModelSpec, encode
+from shardlake.storage import Store, StoreSettings, is_url
 
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # numeric float32, categorical int64, label float32
 POOLS = ("thread", "dummy", "process")
@@ -22,6 +23,8 @@ class LoaderOptions:
     shuffle_buffer: int = 20000
     results_queue_size: int = 8  # row groups read ahead; each holds a whole row group in memory
     prefetch: int = 64  # batches prepared ahead by a background thread (0: prepare them inline)
+    # Where an object store is, for s3:// files (the ranks run in other processes: it travels with the options).
+    store: StoreSettings = StoreSettings()
 
     def __post_init__(self) -> None:
         if self.pool not in POOLS:
@@ -34,24 +37,49 @@ def file_urls(paths: Sequence[str]) -> list[str]:
 
 
 @lru_cache(maxsize=256)
-def _row_groups(url: str) -> int:
+def _row_groups(url: str, store: StoreSettings) -> int:
     import pyarrow.parquet as pq
 
+    if is_url(url):
+        with Store.create(url, store).open_input(url) as handle:
+            return pq.ParquetFile(handle).metadata.num_row_groups
     return pq.ParquetFile(url.removeprefix("file://")).metadata.num_row_groups
 
 
-def row_group_count(urls: Sequence[str]) -> int:
+def row_group_count(urls: Sequence[str], store: StoreSettings = StoreSettings()) -> int:
     """Row groups in ``urls`` (footers only): Petastorm shards by row group, not by file."""
-    return sum(_row_groups(u) for u in urls)
+    return sum(_row_groups(u, store) for u in urls)
 
 
-def shard_for(urls: Sequence[str], rank: int, size: int) -> tuple[list[str], int, int]:
+def petastorm_filesystem(urls: Sequence[str], store: StoreSettings):
+    """The file system Petastorm reads s3:// files with; None for local files (Petastorm's own).
+
+    Petastorm 0.13.1 hands an s3:// URL's bare fsspec file system to pyarrow 14, whose dataset
+    API then refuses Petastorm's ``validate_schema``; wrapped in pyarrow's legacy ``S3FSWrapper``
+    the legacy reader Petastorm was written for is used, as for local files.
+    """
+    if not urls or not urls[0].startswith(("s3://", "s3a://")):
+        return None
+    import warnings
+
+    import pyarrow.filesystem as legacy
+    import s3fs
+
+    endpoint = store.resolved_endpoint()
+    client = {"region_name": store.resolved_region(), **({"endpoint_url": endpoint} if endpoint else {})}
+    with warnings.catch_warnings():  # the wrapper is deprecated with the legacy reader it serves
+        warnings.simplefilter("ignore", FutureWarning)
+        return legacy.S3FSWrapper(s3fs.S3FileSystem(client_kwargs=client))
+
+
+def shard_for(urls: Sequence[str], rank: int, size: int,
+              store: StoreSettings = StoreSettings()) -> tuple[list[str], int, int]:
     """(files, cur_shard, shard_count) this rank reads.
 
     Petastorm needs at least one row group per shard; a table with fewer row groups than ranks
     is read by rank 0 alone (the others take part in every step with empty batches).
     """
-    if size > 1 and row_group_count(urls) < size:
+    if size > 1 and row_group_count(urls, store) < size:
         return (list(urls) if rank == 0 else []), 0, 1
     return list(urls), rank, size
 
@@ -65,7 +93,8 @@ def _chunks(urls: Sequence[str], columns: Sequence[str], rank: int, size: int, s
 
     install()
     with make_batch_reader(
-        file_urls(urls),
+        [u.replace("s3a://", "s3://", 1) for u in file_urls(urls)],
+        filesystem=petastorm_filesystem(urls, options.store),
         schema_fields=list(columns),
         cur_shard=rank if size > 1 else None,
         shard_count=size if size > 1 else None,

@@ -139,7 +139,7 @@ def _to(device, *arrays):
 
 def _evaluate(model, urls, spec: ModelSpec, label: str, job: TrainJob, comm: Comm, device) -> dict[str, float]:
     """Metrics over all of ``urls``: every rank scores its share, outputs are gathered (exact, not averaged)."""
-    files, rank, size = shard_for(urls, comm.rank, comm.size)
+    files, rank, size = shard_for(urls, comm.rank, comm.size, job.loader.store)
     outputs, labels = [np.zeros(0, np.float32)], [np.zeros(0, np.float32)]
     model.eval()
     with torch.no_grad():
@@ -171,7 +171,7 @@ def part_batches(job: TrainJob, spec: ModelSpec, epoch: int, part: int, parts: i
     One part's stream depends only on (files, part, parts, seed, epoch), so a stream taken up again
     after ``skip`` batches goes on with exactly the rows the first reading had not yet given.
     """
-    files, rank, size = shard_for(job.train_files, part, parts)
+    files, rank, size = shard_for(job.train_files, part, parts, job.loader.store)
     if not files:
         return iter(())
     stream = batches(files, spec, job.label, job.batch_size, rank, size, seed=epoch_seed(job.seed, epoch),
