@@ -21,6 +21,9 @@ the load average at 7-12, so single passes vary by 2x; figures are best-of-7:
     petastorm DataLoader, the default (numeric)   0.06-0.22 M rows/s -> 0.01-0.02
     shardlake loader on 8k-row row groups         0.42-0.50 (per-row-group overhead)
 Target: >= 0.5x the limit.
+With --s3 (2026-12-04, 300k synthetic rows, best of 3, moto's server on loopback, its request
+latency makes the limit 1.0-1.1 M rows/s): 1 reader 0.44x (0.40 against the run's best limit
+pass), 2 readers 0.55x.
 """
 from __future__ import annotations
 
