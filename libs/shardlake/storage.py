@@ -208,10 +208,6 @@ class Store:
         """Hadoop settings Spark needs to reach this store (none for a local folder)."""
         return {}
 
-    def table_options(self) -> dict[str, str]:
-        """delta-rs storage options for tables in this store (where it is; never a secret)."""
-        return {}
-
 
 class LocalStore(Store):
     """A folder of this machine (the embedded default)."""
@@ -309,9 +305,6 @@ class ObjectStore(Store):
         if self.location.scheme not in _S3:
             return {}
         return s3a_settings(self.settings)
-
-    def table_options(self) -> dict[str, str]:
-        return _delta_rs_options(self.settings) if self.location.scheme in _S3 else {}
 
 
 def _delta_rs_options(settings: StoreSettings) -> dict[str, str]:
