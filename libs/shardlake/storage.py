@@ -59,9 +59,10 @@ class StoreSettings:
 
 
 def is_url(location: str) -> bool:
-    """True for ``scheme://...`` other than ``file://`` (a local path is not a URL here)."""
+    """True for a location on a store: ``scheme://...`` other than ``file://`` and ``package://`` (a file
+    inside an installed Python package), which are local files."""
     scheme = urllib.parse.urlsplit(location).scheme.lower()
-    return "://" in location and scheme not in ("", "file")
+    return "://" in location and scheme not in ("", "file", "package")
 
 
 def _clean_key(path: str, where: str) -> str:
