@@ -52,16 +52,6 @@ def s3_server():
 
 
 @pytest.fixture()
-def s3_lake(s3_server, spark, request):
-    """A fresh bucket on the test S3 server, and Spark's S3A connector pointed at the server; its URL."""
-    bucket = s3_server.bucket(request.node.name)
-    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
-    for key, value in s3_server.spark_settings().items():
-        hadoop.set(key.removeprefix("spark.hadoop."), value)
-    return f"s3a://{bucket}/lake"
-
-
-@pytest.fixture()
 def lake_root(tmp_path: Path) -> Path:
     root = tmp_path / "lake"
     root.mkdir()

@@ -68,6 +68,12 @@ class S3Server:
     def spark_settings(self) -> dict[str, str]:
         return s3a_settings(self.settings)
 
+    def point(self, spark) -> None:
+        """Point a running session's S3A connector at this server (the test session starts before it)."""
+        hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+        for key, value in self.spark_settings().items():
+            hadoop.set(key.removeprefix("spark.hadoop."), value)
+
     def overrides(self) -> list[str]:
         """Configuration overrides that point a job's lake at this server."""
         return [f"lake.endpoint={self.endpoint}", "lake.region=us-east-1", "lake.path_style=true"]

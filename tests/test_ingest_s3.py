@@ -20,9 +20,7 @@ def ingested(s3_server, spark, tmp_path_factory):
     """One run of the ingest job from s3a:// sources (the orders in two objects, the join source in a
     third) into an s3a:// lake on the test server: (bucket, delta-rs options for the server, the job's args)."""
     bucket = s3_server.bucket("ingest")
-    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
-    for key, value in s3_server.spark_settings().items():
-        hadoop.set(key.removeprefix("spark.hadoop."), value)
+    s3_server.point(spark)
     fs = s3_server.filesystem()
     lines = [line for line, _ in LINES]
     for name, part in (("a.csv", lines[:7]), ("b.csv", lines[7:])):

@@ -171,9 +171,7 @@ def test_int_and_bool_categories_reach_training_as_their_vocabulary_indices(spar
 @pytest.fixture(scope="module")
 def s3_versions(spark, s3_server):
     """The same two versions as ``versions``, in a lake on the test S3 server (both in one prefix)."""
-    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
-    for key, value in s3_server.spark_settings().items():
-        hadoop.set(key.removeprefix("spark.hadoop."), value)
+    s3_server.point(spark)
     lake = Lake.at(f"s3a://{s3_server.bucket('loader')}/lake", s3_server.settings)
     path = lake.table("flights", "clean")
     v0 = flights_like_frame(3000, seed=1, shards=3)

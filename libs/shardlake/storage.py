@@ -21,6 +21,7 @@ import os
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -214,9 +215,8 @@ class LocalStore(Store):
     """A folder of this machine (the embedded default)."""
 
     def __init__(self, root: str):
-        text = root.removeprefix("file://") if root.startswith("file://") else root
-        super().__init__(str(Path(urllib.parse.unquote(text) if root.startswith("file://") else text)
-                             .expanduser().resolve()), pafs.LocalFileSystem())
+        path = urllib.parse.unquote(root.removeprefix("file://")) if root.startswith("file://") else root
+        super().__init__(str(Path(path).expanduser().resolve()), pafs.LocalFileSystem())
 
     def child(self, *parts: str) -> str:
         base = Path(self.root)
@@ -344,8 +344,14 @@ def store_for(location: str) -> Store:
     if not is_url(location):
         return LocalStore(str(Path(location).anchor or "/"))
     parsed = Location.parse(location)
-    settings = _settings_for(parsed)
-    return ObjectStore(Location(parsed.scheme, parsed.authority, ""), _object_fs(parsed, settings), settings)
+    return _bucket_store(parsed.scheme, parsed.authority, _settings_for(parsed))
+
+
+@lru_cache(maxsize=64)
+def _bucket_store(scheme: str, authority: str, settings: StoreSettings) -> Store:
+    # One client per bucket and settings: a source's files are sized, opened and read one by one,
+    # and building an S3 client for each of those calls would repeat the SDK's set-up every time.
+    return Store.create(f"{scheme}://{authority}")
 
 
 def _bucket(location: Location) -> str:
