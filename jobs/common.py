@@ -60,6 +60,14 @@ def base_dir(args: argparse.Namespace) -> Path:
     return first.parent.parent if first.parent.name == "conf" else first.parent
 
 
+def needs_object_store(config: AppConfig) -> bool:
+    """True when the lake, the source or a join source is on an object store: the session then needs
+    the S3A connector (280 MB, which a cluster's executors each fetch, so only then)."""
+    dataset = config.dataset
+    return any(is_url(location) for location in
+               [config.lake.root, dataset.source.path, *[join.source.path for join in dataset.joins]])
+
+
 def start(config: AppConfig):
     """Spark session and lake for a loaded configuration."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -74,8 +82,8 @@ def start(config: AppConfig):
     warning = lake.single_writer_warning(config.spark.settings)
     if warning:
         logging.getLogger("shardlake").warning("%s", warning)
-    on_store = not lake.is_local or is_url(config.dataset.source.path)
     settings = {**lake.store.spark_settings(), **config.spark.settings}
-    spark = build_session(config.spark.master, config.spark.app_name, settings, object_store=on_store)
+    spark = build_session(config.spark.master, config.spark.app_name, settings,
+                          object_store=needs_object_store(config))
     spark.sparkContext.setLogLevel("WARN")
     return spark, lake
