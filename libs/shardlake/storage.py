@@ -338,20 +338,21 @@ def _settings_for(location: Location) -> StoreSettings:
     return _SETTINGS.get(key) or _SETTINGS.get((key[0], _ANY)) or StoreSettings()
 
 
-def store_for(location: str) -> Store:
-    """The store that holds ``location`` (a local path, or a URL: its bucket's store, with the settings
-    this process was given for that bucket or its scheme)."""
+def store_for(location: str, settings: StoreSettings | None = None) -> Store:
+    """The store that holds ``location`` (a local path, or a URL: its bucket's store, with ``settings``,
+    else those this process was given for that bucket or its scheme)."""
     if not is_url(location):
         return LocalStore(str(Path(location).anchor or "/"))
     parsed = Location.parse(location)
-    return _bucket_store(parsed.scheme, parsed.authority, _settings_for(parsed))
+    return _bucket_store(parsed.scheme, parsed.authority, settings or _settings_for(parsed))
 
 
 @lru_cache(maxsize=64)
 def _bucket_store(scheme: str, authority: str, settings: StoreSettings) -> Store:
     # One client per bucket and settings: a source's files are sized, opened and read one by one,
     # and building an S3 client for each of those calls would repeat the SDK's set-up every time.
-    return Store.create(f"{scheme}://{authority}")
+    root = f"{scheme}://{authority}"
+    return ObjectStore(Location.parse(root), _object_fs(Location.parse(root), settings), settings)
 
 
 def _bucket(location: Location) -> str:

@@ -8,7 +8,7 @@ from functools import lru_cache
 import numpy as np
 
 from shardlake.models.tabular import ModelSpec, encode
-from shardlake.storage import Store, StoreSettings, is_url
+from shardlake.storage import StoreSettings, is_url, store_for
 
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # numeric float32, categorical int64, label float32
 POOLS = ("thread", "dummy", "process")
@@ -41,7 +41,7 @@ def _row_groups(url: str, store: StoreSettings) -> int:
     import pyarrow.parquet as pq
 
     if is_url(url):
-        with Store.create(url, store).open_input(url) as handle:
+        with store_for(url, store).open_input(url) as handle:
             return pq.ParquetFile(handle).metadata.num_row_groups
     return pq.ParquetFile(url.removeprefix("file://")).metadata.num_row_groups
 
