@@ -170,6 +170,10 @@ class Store:
         """Write ``data`` whole: a reader sees the old object or the new one, never a part (see subclasses)."""
         raise NotImplementedError
 
+    def move(self, source: str, target: str) -> None:
+        """Rename a file: atomic on a local folder; a copy then a delete on an object store."""
+        self.fs.move(self._fs_path(source), self._fs_path(target))
+
     def delete(self, location: str) -> None:
         """Remove a file or a folder with everything under it; nothing there is not an error."""
         path = self._fs_path(location)
