@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
+from shardlake.folders import Folder
 from shardlake.models.tabular import (DIGEST_CHUNK, SPEC_FILE, WEIGHTS_FILE, ModelSpec, TabularLinear, TabularMLP,
                                       build_model, default_device, device_for, encode, load_model, model_from_bytes,
                                       save_model, weights_digest)
@@ -104,6 +105,22 @@ def test_a_saved_model_predicts_the_same_after_loading(tmp_path):
     loaded = load_model(tmp_path)
     numeric, categorical = (torch.from_numpy(a) for a in encode(frame(), model.spec))
     torch.testing.assert_close(loaded.predict(numeric, categorical), model.predict(numeric, categorical))
+
+
+def test_a_model_saved_on_an_object_store_predicts_the_same_after_loading(s3_server):
+    folder = Folder(f"s3a://{s3_server.bucket('model')}/lake/models/m", s3_server.settings)
+    model = build_model(spec(), seed=3).eval()
+    save_model(model, folder)
+    numeric, categorical = (torch.from_numpy(a) for a in encode(frame(), model.spec))
+    torch.testing.assert_close(load_model(folder).predict(numeric, categorical), model.predict(numeric, categorical))
+
+
+def test_the_digest_of_weights_on_an_object_store_is_the_sha256_of_the_object(s3_server):
+    bucket = s3_server.bucket("digest")
+    save_model(build_model(spec(), seed=3), Folder(f"s3a://{bucket}/m", s3_server.settings))
+    with s3_server.filesystem().open_input_stream(f"{bucket}/m/{WEIGHTS_FILE}") as stored:  # read past the Store
+        expected = hashlib.sha256(stored.read()).hexdigest()
+    assert weights_digest(Folder(f"s3a://{bucket}/m", s3_server.settings)) == expected
 
 
 def test_saved_weights_are_safetensors_with_a_json_spec(tmp_path):

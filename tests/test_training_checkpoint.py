@@ -1,6 +1,7 @@
 """Epoch checkpoints: atomic writes, the last two kept, torn or foreign files never loaded."""
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import textwrap
@@ -8,33 +9,30 @@ import textwrap
 import pytest
 import torch
 
+from shardlake.folders import Folder
 from shardlake.training.checkpoint import (CHECKPOINT, PREVIOUS_CHECKPOINT, CheckpointError, load_checkpoint,
                                            save_checkpoint)
 
-# Writes the epoch-0 checkpoint, then SIGKILLs itself halfway through writing epoch 1's: the bytes of
-# the real file up to its middle reach the disk, as when a preempted node dies in torch.save.
+# Writes the epoch-0 checkpoint, then SIGKILLs itself halfway through writing epoch 1's file: the
+# bytes up to its middle reach the disk, as when a preempted node dies while writing.
 KILLED_MID_WRITE = textwrap.dedent("""
-    import io, os, signal, sys
-    from pathlib import Path
+    import os, pathlib, signal, sys
     import torch
     from shardlake.training import checkpoint
 
-    run_dir = Path(sys.argv[1])
+    run_dir = pathlib.Path(sys.argv[1])
     model = torch.nn.Linear(256, 256)
     optimizer = torch.optim.Adam(model.parameters())
     checkpoint.save_checkpoint(run_dir, model, optimizer, 0, [], {}, "job")
-    real_save = torch.save
 
-    def dying_save(state, path):
-        buffer = io.BytesIO()
-        real_save(state, buffer)
+    def dying_write(path, data):
         with open(path, "wb") as out:
-            out.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+            out.write(data[: len(data) // 2])
             out.flush()
             os.fsync(out.fileno())
         os.kill(os.getpid(), signal.SIGKILL)
 
-    checkpoint.torch.save = dying_save
+    pathlib.Path.write_bytes = dying_write
     checkpoint.save_checkpoint(run_dir, model, optimizer, 1, [], {}, "job")
 """)
 
@@ -52,9 +50,10 @@ def _epoch(path) -> int:
 def test_a_checkpoint_half_written_when_its_process_is_killed_is_never_loaded(tmp_path, reliability):
     killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(tmp_path)], capture_output=True, timeout=300)
     state = load_checkpoint(tmp_path, "job")
-    torn = (tmp_path / (CHECKPOINT + ".tmp")).stat().st_size
+    torn = (tmp_path / f".{CHECKPOINT}.partial").stat().st_size
     reliability.record("a process SIGKILLed halfway through writing a checkpoint",
-                       f"exit {killed.returncode}; {torn} bytes left in the .tmp; epoch {state['epoch']} loaded", 0, 0)
+                       f"exit {killed.returncode}; {torn} bytes left in the partial file; epoch {state['epoch']} "
+                       "loaded", 0, 0)
     assert (killed.returncode, int(state["epoch"])) == (-9, 0)
     assert torn > 0
 
@@ -64,6 +63,15 @@ def test_the_last_two_checkpoints_are_kept(tmp_path):
         _save(tmp_path, epoch)
     assert ([_epoch(tmp_path / CHECKPOINT), _epoch(tmp_path / PREVIOUS_CHECKPOINT)],
             sorted(p.name for p in tmp_path.iterdir())) == ([2, 1], sorted([CHECKPOINT, PREVIOUS_CHECKPOINT]))
+
+
+def test_checkpoints_on_an_object_store_are_resumed_and_the_last_two_kept(s3_server):
+    folder = Folder(f"s3a://{s3_server.bucket('checkpoint')}/lake/models/m", s3_server.settings)
+    for epoch in range(3):
+        _save(folder, epoch)
+    previous = torch.load(io.BytesIO(folder.read_bytes(PREVIOUS_CHECKPOINT)), weights_only=True)
+    assert (int(load_checkpoint(folder, "job")["epoch"]), int(previous["epoch"]), folder.names()) == \
+        (2, 1, sorted([CHECKPOINT, PREVIOUS_CHECKPOINT]))
 
 
 def test_a_torn_last_checkpoint_falls_back_to_the_one_before(tmp_path):

@@ -1,6 +1,10 @@
-"""PNG plots written next to a run, for the results a person would rather look at."""
+"""PNG plots written next to a run, for the results a person would rather look at.
+
+A plot's location is a local path or an object-store URL (a lake on S3 keeps its plots there too).
+"""
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -9,8 +13,22 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
+from shardlake.storage import is_url, store_for  # noqa: E402
 
-def training_curve(history: Sequence[Mapping], metric: str, path: Path, title: str) -> Path:
+
+def _save(fig, path: str | Path) -> str | Path:
+    """Write the figure as a PNG to ``path`` (a file, or an object written whole) and close it."""
+    if is_url(str(path)):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        store_for(str(path)).write_bytes(str(path), buffer.getvalue())
+    else:
+        fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def training_curve(history: Sequence[Mapping], metric: str, path: str | Path, title: str) -> str | Path:
     """Train loss and the validation metric per epoch, side by side."""
     epochs = [h["epoch"] + 1 for h in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
@@ -22,12 +40,10 @@ def training_curve(history: Sequence[Mapping], metric: str, path: Path, title: s
         axis.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
-def score_histogram(scores_by_label: Mapping[str, Sequence[float]], path: Path, title: str) -> Path:
+def score_histogram(scores_by_label: Mapping[str, Sequence[float]], path: str | Path, title: str) -> str | Path:
     """Distribution of predicted scores, one series per label value (or one for unlabeled data)."""
     fig, axis = plt.subplots(figsize=(6, 4))
     for name, scores in scores_by_label.items():
@@ -35,13 +51,11 @@ def score_histogram(scores_by_label: Mapping[str, Sequence[float]], path: Path, 
     axis.set(xlabel="score", ylabel="density", title=title)
     axis.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
-def binned_histogram(edges: Sequence[float], counts_by_label: Mapping[str, Sequence[float]], path: Path,
-                     title: str, xlabel: str = "score", threshold: float | None = None) -> Path:
+def binned_histogram(edges: Sequence[float], counts_by_label: Mapping[str, Sequence[float]], path: str | Path,
+                     title: str, xlabel: str = "score", threshold: float | None = None) -> str | Path:
     """Distribution from counts already binned (e.g. aggregated in Spark over every row), one series per label.
 
     Each series is drawn as a density, so a rare label's shape stays visible beside a common one;
@@ -61,9 +75,7 @@ def binned_histogram(edges: Sequence[float], counts_by_label: Mapping[str, Seque
     axis.set(xlabel=xlabel, ylabel="density", title=title)
     axis.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def score_series(sample, label: str | None, kind: str, score: str = "score") -> dict:

@@ -16,6 +16,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from shardlake.folders import Folder
 from shardlake.models.tabular import SPEC_FILE, WEIGHTS_FILE, ModelSpec
 from shardlake.predictions import PREDICTION, SCORE
 
@@ -181,11 +182,13 @@ class TabularModel:
     model_version: str
 
     @classmethod
-    def load(cls, folder: Path, model_version: str) -> "TabularModel":
+    def load(cls, folder: Folder | str | Path, model_version: str) -> "TabularModel":
+        """A saved model's spec and weights from its folder (a local folder or an object store's)."""
         import json
 
-        spec = ModelSpec.from_dict(json.loads((folder / SPEC_FILE).read_text()))
-        return cls(spec, (folder / WEIGHTS_FILE).read_bytes(), model_version)
+        source = Folder.of(folder)
+        spec = ModelSpec.from_dict(json.loads(source.read_text(SPEC_FILE)))
+        return cls(spec, source.read_bytes(WEIGHTS_FILE), model_version)
 
     def transform(self, df: DataFrame, passthrough: Sequence[str], batch_size: int = 8192,
                   threshold: float = 0.5, quantize: bool = False,
@@ -222,7 +225,7 @@ def load_registered(card: Mapping) -> TabularModel:
     """
     from shardlake.models.tabular import weights_digest
 
-    folder = Path(card["model_dir"])
+    folder = Folder(card["model_dir"])
     model = TabularModel.load(folder, card["model_version"])
     recorded = card.get("model_spec")
     if recorded is not None and {k: recorded.get(k) for k in model.spec.to_dict()} != model.spec.to_dict():
@@ -230,6 +233,6 @@ def load_registered(card: Mapping) -> TabularModel:
                                  f"{card['model_version']}; the folder was changed after registration")
     digest = card.get("weights_sha256")
     if digest is not None and weights_digest(folder) != digest:
-        raise ModelMismatchError(f"{folder / WEIGHTS_FILE}: the weights' sha256 differs from the one on the model "
+        raise ModelMismatchError(f"{folder.file(WEIGHTS_FILE)}: the weights' sha256 differs from the one on the model "
                                  f"card of {card['model_version']}; the folder was changed after registration")
     return model

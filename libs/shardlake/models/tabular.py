@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save
 from torch import nn
+
+from shardlake.folders import Folder
 
 WEIGHTS_FILE = "model.safetensors"
 SPEC_FILE = "model_spec.json"
@@ -162,20 +164,20 @@ def build_model(spec: ModelSpec, seed: int | None = None) -> TabularMLP:
     return ARCHITECTURES[spec.architecture](spec)
 
 
-def save_model(model: TabularMLP, folder: Path) -> None:
-    """Weights as safetensors plus the spec as JSON: loading never executes pickled code."""
-    folder.mkdir(parents=True, exist_ok=True)
+def save_model(model: TabularMLP, folder: Folder | str | Path) -> None:
+    """Weights as safetensors plus the spec as JSON, each written whole to the folder (local or on an
+    object store): loading never executes pickled code."""
+    target = Folder.of(folder).make()
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = folder / (WEIGHTS_FILE + ".tmp")
-    save_file(state, str(tmp))
-    tmp.replace(folder / WEIGHTS_FILE)
-    (folder / SPEC_FILE).write_text(json.dumps(model.spec.to_dict(), indent=2, sort_keys=True))
+    target.write_bytes(WEIGHTS_FILE, save(state))
+    target.write_text(SPEC_FILE, json.dumps(model.spec.to_dict(), indent=2, sort_keys=True))
 
 
-def load_model(folder: Path, device: str | torch.device = "cpu") -> TabularMLP:
+def load_model(folder: Folder | str | Path, device: str | torch.device = "cpu") -> TabularMLP:
     """Rebuild a saved model from its spec and safetensors weights, in eval mode."""
-    spec = ModelSpec.from_dict(json.loads((folder / SPEC_FILE).read_text()))
-    return model_from_bytes(spec, (folder / WEIGHTS_FILE).read_bytes(), device)
+    source = Folder.of(folder)
+    spec = ModelSpec.from_dict(json.loads(source.read_text(SPEC_FILE)))
+    return model_from_bytes(spec, source.read_bytes(WEIGHTS_FILE), device)
 
 
 def model_from_bytes(spec: ModelSpec, weights: bytes, device: str | torch.device = "cpu") -> TabularMLP:
@@ -187,18 +189,14 @@ def model_from_bytes(spec: ModelSpec, weights: bytes, device: str | torch.device
     return model.to(device).eval()
 
 
-def weights_digest(folder: Path) -> str:
+def weights_digest(folder: Folder | str | Path) -> str:
     """SHA-256 (hex) of a saved model's weights file: cards record it so a scorer can tell that the
     weights it loads are the ones that were trained and evaluated."""
     digest = hashlib.sha256()
-    with (folder / WEIGHTS_FILE).open("rb") as weights:
+    with Folder.of(folder).open(WEIGHTS_FILE) as weights:
         for chunk in iter(lambda: weights.read(DIGEST_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
 
 
 def device_for(local_rank: int, cuda_devices: int) -> torch.device:

@@ -5,12 +5,14 @@ A checkpoint holds tensors and plain values only, so loading one never runs code
 """
 from __future__ import annotations
 
+import io
 import json
-import os
 import pickle
 from pathlib import Path
 
 import torch
+
+from shardlake.folders import Folder
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.previous.pt"
@@ -24,9 +26,10 @@ class UnreadableCheckpointError(CheckpointError):
     """A checkpoint file that does not load at all (torn, truncated): an older one may stand in for it."""
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, epoch: int, history: list[dict], best: dict,
+def save_checkpoint(run_dir: Folder | str | Path, model, optimizer, epoch: int, history: list[dict], best: dict,
                     job_fingerprint: str, code_version: str = "unknown") -> None:
-    """Tensors and plain values only (loadable with weights_only=True), written atomically."""
+    """Tensors and plain values only (loadable with weights_only=True), written whole to the run folder
+    (a local folder or an object store); the one before is kept as the previous checkpoint."""
     state = {
         "epoch": epoch,
         "model": model.state_dict(),
@@ -37,17 +40,19 @@ def save_checkpoint(run_dir: Path, model, optimizer, epoch: int, history: list[d
         "job": job_fingerprint,
         "code_version": code_version,  # in the fingerprint too; kept readable for the refusal message
     }
-    tmp = run_dir / (CHECKPOINT + ".tmp")
-    torch.save(state, tmp)
-    current = run_dir / CHECKPOINT
-    if current.exists():
-        os.replace(current, run_dir / PREVIOUS_CHECKPOINT)  # the last two are kept
-    os.replace(tmp, current)  # atomic: a rank killed mid-write leaves only a .tmp, which is never loaded
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    folder = Folder.of(run_dir)
+    if folder.exists(CHECKPOINT):
+        folder.move(CHECKPOINT, PREVIOUS_CHECKPOINT)  # the last two are kept
+    # Written whole (beside and renamed; an object PUT): a rank killed mid-write leaves the old one.
+    folder.write_bytes(CHECKPOINT, buffer.getvalue())
 
 
-def _read_checkpoint(path: Path) -> dict:
+def _read_checkpoint(folder: Folder, name: str) -> dict:
+    path = folder.file(name)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(folder.read_bytes(name)), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # weights_only refuses any object but tensors and plain values
         raise CheckpointError(f"{path}: refused to load: it holds more than tensors and plain values "
                               f"({' '.join(str(err).split())[:300]})") from err
@@ -56,26 +61,27 @@ def _read_checkpoint(path: Path) -> dict:
                                         "afresh") from err
 
 
-def _newest_readable(run_dir: Path) -> tuple[Path, dict] | None:
+def _newest_readable(folder: Folder) -> tuple[str, dict] | None:
     """The newest checkpoint that loads: the last one, else the one before it (the last was lost or torn by
     a failure between the two renames or on the storage); a refusal of its content is not passed over."""
-    paths = [p for p in (run_dir / CHECKPOINT, run_dir / PREVIOUS_CHECKPOINT) if p.exists()]
-    for index, path in enumerate(paths):
+    names = [n for n in (CHECKPOINT, PREVIOUS_CHECKPOINT) if folder.exists(n)]
+    for index, name in enumerate(names):
         try:
-            return path, _read_checkpoint(path)
+            return folder.file(name), _read_checkpoint(folder, name)
         except UnreadableCheckpointError:
-            if index == len(paths) - 1:
+            if index == len(names) - 1:
                 raise
     return None
 
 
-def load_checkpoint(run_dir: Path, job_fingerprint: str | None = None, code_version: str | None = None) -> dict | None:
+def load_checkpoint(run_dir: Folder | str | Path, job_fingerprint: str | None = None,
+                    code_version: str | None = None) -> dict | None:
     """The run folder's newest loadable checkpoint, or None. Never unpickles objects (weights_only=True).
 
     With ``job_fingerprint`` (and ``code_version``), a checkpoint of another job (or written by other
     code) is refused: resuming it would mix two trainings in one model.
     """
-    found = _newest_readable(run_dir)
+    found = _newest_readable(Folder.of(run_dir))
     if found is None:
         return None
     path, state = found
