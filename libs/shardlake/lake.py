@@ -42,14 +42,13 @@ class Lake:
             raise LakePathError(f"{'/'.join(map(str, parts))!r} is outside the lake root {self.root}: {err}") from None
 
     def path(self, *parts: str) -> Path:
-        """A folder or file of a local lake under the root; refuses absolute parts and '..' escapes.
+        """A folder or file of a local lake under the root, as a path; refuses absolute parts and '..' escapes.
 
-        Models, checkpoints, run reports and plots are written as local files today; on an object
-        store they are not yet, so asking for one there says so instead of writing beside the lake.
+        Code that also runs on an object store uses ``location`` and a ``Folder``; asking a lake on
+        object storage for a local path says so instead of writing beside the lake.
         """
         if not self.is_local:
-            raise StorageError(f"{self.root}: {'/'.join(parts)} would be a local file, but the lake is on object "
-                               "storage, where models, checkpoints and run folders are not supported yet")
+            raise StorageError(f"{self.root}: {'/'.join(parts)} has no local path: the lake is on object storage")
         return Path(self.location(*parts))
 
     def table(self, dataset: str, name: str) -> str:
@@ -70,7 +69,12 @@ class Lake:
         """A staging location Spark writes to (under the lake root, on whatever store it is)."""
         return self.location("_staging", *parts)
 
+    def model_location(self, dataset: str, model_version: str) -> str:
+        """A model version's run folder (weights, card, checkpoints, curve), on the lake's store."""
+        return self.location("models", dataset, model_version)
+
     def model_dir(self, dataset: str, model_version: str) -> Path:
+        """``model_location`` of a local lake, as a path."""
         return self.path("models", dataset, model_version)
 
     def registry(self) -> str:

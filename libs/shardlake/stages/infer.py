@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 
 from shardlake import delta_io, delta_log, plots, quantize, registry
 from shardlake.config import AppConfig, InferSettings
+from shardlake.folders import Folder
 from shardlake.lake import Lake
 from shardlake.predictions import SCORE, SOURCE_ROW_HASH
 from shardlake.scoring import ModelMismatchError, TabularModel, load_registered
@@ -253,9 +254,8 @@ def run_infer(spark: SparkSession, lake: Lake, config: AppConfig, logical_date: 
     same_version = card.get("table_path") == table_path and card.get("table_version") == version
     aggregates = _reduce(current, label, model.spec.kind, card, settings, same_version, report)
 
-    run_dir = lake.path(dataset.name, "inference_runs", written_as, f"{logical_date}_v{version}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    report.run_dir = str(run_dir)
+    run_dir = Folder(lake.location(dataset.name, "inference_runs", written_as, f"{logical_date}_v{version}")).make()
+    report.run_dir = run_dir.location
     rows = int(report.summary[0]["rows"]) if report.summary else 0
     if quantize_model:
         progress("comparing the int8 model with the float model")
@@ -265,11 +265,11 @@ def run_infer(spark: SparkSession, lake: Lake, config: AppConfig, logical_date: 
         progress("plotting the score distribution")
         title = f"{written_as} on {dataset.name} clean v{version} ({logical_date})"
         report.plot = str(_plot(current, aggregates, label, model.spec.kind, rows, settings.plot_sample_rows,
-                                run_dir / PLOT_FILE, title))
+                                run_dir.file(PLOT_FILE), title))
     W.write_summary(spark, lake.table(dataset.name, "inference_summary"),
                     {"model_version": written_as, "source_version": version, "logical_date": logical_date},
                     report.summary, report.comparison)
     redo.unpersist()
     report.seconds = round(time.monotonic() - started, 2)
-    (run_dir / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    run_dir.write_text(REPORT_FILE, json.dumps(report.to_dict(), indent=2, default=str))
     return report

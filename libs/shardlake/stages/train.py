@@ -13,7 +13,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -25,6 +25,7 @@ from pyspark.sql import functions as F
 
 from shardlake import delta_io, delta_log, plots, registry
 from shardlake.config import AppConfig, TrainSettings
+from shardlake.folders import Folder
 from shardlake.lake import Lake
 from shardlake.models.tabular import SPEC_FILE, WEIGHTS_FILE, ModelSpec, weights_digest
 from shardlake.scoring import ModelMismatchError, TabularModel, load_registered
@@ -34,7 +35,7 @@ from shardlake.stages.reference import training_reference
 from shardlake.training.metrics import primary_metric
 from shardlake.training.checkpoint import CheckpointError, load_checkpoint
 from shardlake.training.elastic import elastic_entry, merge_observed
-from shardlake.training.worker import TrainJob, horovod_entry
+from shardlake.training.worker import BEST_DIR, TrainJob, horovod_entry
 
 CARD_FILE = "card.json"
 CURVE_FILE = "training_curve.png"
@@ -98,8 +99,7 @@ def plan(spark: SparkSession, lake: Lake, config: AppConfig, run_id: str | None 
             raise TrainingError(f"{table_path}@v{version}: the {split} split is empty")
     config_hash = config.fingerprint()
     model_version = run_id or model_version_for(spec_ds.name, version, config_hash, code_version)
-    run_dir = lake.model_dir(spec_ds.name, model_version)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Folder(lake.model_location(spec_ds.name, model_version), lake.store.settings).make()
     job = TrainJob(train_files=files["train"], validation_files=files["validation"], test_files=files["test"],
                    spec=spec.to_dict(), label=label.column, run_dir=str(run_dir), epochs=train.epochs,
                    batch_size=train.batch_size, learning_rate=train.learning_rate, seed=train.seed,
@@ -108,22 +108,34 @@ def plan(spark: SparkSession, lake: Lake, config: AppConfig, run_id: str | None 
                    loader_pool=train.loader_pool, shuffle_buffer=train.shuffle_buffer,
                    torch_threads=train.torch_threads, code_version=code_version,
                    fail_after_epoch=fail_after_epoch, kill_after_epoch=kill_after_epoch,
-                   kill_during_epoch=kill_during_epoch, kill_at_step=kill_at_step)
+                   kill_during_epoch=kill_during_epoch, kill_at_step=kill_at_step, store=lake.store.settings)
     return TrainPlan(model_version, table_path, version, job, spec, config_hash)
 
 
+def _lock_file(run_dir: Folder) -> Path:
+    """The run folder's own lock file; for a folder on an object store (which has no locks), one in this
+    machine's temp folder named by the folder's URL: runs on this driver machine exclude each other, and
+    drivers elsewhere are kept apart by the one-writing-driver rule of a lake on S3 (README)."""
+    if run_dir.is_local:
+        return Path(run_dir.file(LOCK_FILE))
+    folder = Path(tempfile.gettempdir()) / "shardlake-locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{hashlib.sha256(run_dir.location.encode()).hexdigest()[:24]}.lock"
+
+
 @contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
+def run_lock(run_dir: Folder | str | Path) -> Iterator[None]:
     """Hold the run folder exclusively while inside: two runs of one model version would overwrite each
     other's checkpoints and weights. A second run fails at once (non-blocking) rather than wait."""
-    lock = run_dir / LOCK_FILE
+    folder = Folder.of(run_dir)
+    lock = _lock_file(folder)
     # flock belongs to the open file: the OS releases it when the holder exits, however it dies (even
     # SIGKILL), so a crashed run never leaves a stale lock and no cleanup is needed.
     with lock.open("a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as err:
-            raise TrainingError(f"{run_dir}: another run of the same model version is in progress (it holds "
+            raise TrainingError(f"{folder}: another run of the same model version is in progress (it holds "
                                 f"{lock}); wait for it to finish, then start this run again") from err
         try:
             yield
@@ -206,7 +218,7 @@ def _card(config: AppConfig, p: TrainPlan, rank0: dict, seconds: float, weights_
 def _check_resumable(p: TrainPlan, log: Callable[[str], None]) -> None:
     """Fail before any worker starts if the run folder holds a checkpoint this job may not resume."""
     try:
-        checkpoint = load_checkpoint(Path(p.job.run_dir), p.job.fingerprint(), p.job.code_version)
+        checkpoint = load_checkpoint(p.job.folder, p.job.fingerprint(), p.job.code_version)
     except CheckpointError as err:
         raise TrainingError(str(err)) from err
     if checkpoint is not None:
@@ -295,7 +307,7 @@ def fit(spark: SparkSession, lake: Lake, config: AppConfig, code_version: str = 
     started = time.monotonic()
     p = plan(spark, lake, config, run_id, fail_after_epoch, kill_after_epoch, code_version, table_version,
              kill_during_epoch, kill_at_step)
-    run_dir = Path(p.job.run_dir)
+    run_dir = p.job.folder
     # Held from before the registry check to the registration: one run of a model version at a time.
     with run_lock(run_dir):
         finished = _finished_card(spark, lake, p)
@@ -308,15 +320,15 @@ def fit(spark: SparkSession, lake: Lake, config: AppConfig, code_version: str = 
         _check_resumable(p, log)
         rank0 = _train(config, p, log)
         for name in (WEIGHTS_FILE, SPEC_FILE):
-            shutil.copyfile(run_dir / "best" / name, run_dir / name)
+            run_dir.copy(f"{BEST_DIR}/{name}", name)
         card = _card(config, p, rank0, time.monotonic() - started, weights_digest(run_dir))
         log(f"{p.model_version}: profiling the training split for label-free drift")
         training = delta_io.read_version(spark, p.table_path, p.table_version).where(F.col("split") == "train")
         rows = delta_io.partition_row_counts(spark, p.table_path, p.table_version, "split").get("train", 0)
         card["reference"] = training_reference(TabularModel.load(run_dir, p.model_version), training, rows,
                                                config.infer.batch_size, config.train.reference_sample_rows)
-        (run_dir / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=True, default=str))
-        plots.training_curve(rank0["history"], card["metric_name"], run_dir / CURVE_FILE, p.model_version)
+        run_dir.write_text(CARD_FILE, json.dumps(card, indent=2, sort_keys=True, default=str))
+        plots.training_curve(rank0["history"], card["metric_name"], run_dir.file(CURVE_FILE), p.model_version)
         registry.register(spark, lake.registry(), card)
     return TabularModel.load(run_dir, p.model_version), card
 

@@ -15,15 +15,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import islice
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from shardlake.folders import Folder
 from shardlake.models.tabular import WEIGHTS_FILE, ModelSpec, build_model, default_device, load_model, save_model
 from shardlake.training.checkpoint import load_checkpoint, save_checkpoint
 from shardlake.training.comm import Comm, HorovodComm
 from shardlake.training.data import Batch, LoaderOptions, batches, shard_for
+from shardlake.storage import StoreSettings
 from shardlake.training.metrics import metrics_for, primary_metric
 
 HISTORY = "history.json"
@@ -63,15 +64,24 @@ class TrainJob:
     kill_during_epoch: int | None = None
     kill_at_step: int = 1
     kill_rank: int = 1
+    # Where an object store is, for a run folder and files on one: ranks run in other processes,
+    # which were never told (credentials stay in their environment).
+    store: StoreSettings = StoreSettings()
 
     @property
     def loader(self) -> LoaderOptions:
-        return LoaderOptions(pool=self.loader_pool, workers=self.loader_workers, shuffle_buffer=self.shuffle_buffer)
+        return LoaderOptions(pool=self.loader_pool, workers=self.loader_workers, shuffle_buffer=self.shuffle_buffer,
+                             store=self.store)
+
+    @property
+    def folder(self) -> Folder:
+        """The run folder, on whatever store holds it."""
+        return Folder(self.run_dir, self.store)
 
     def fingerprint(self) -> str:
         """What a checkpoint must match to be resumed: what is trained on, how and by which code, not the
         run folder, fault injection or speed knobs (reader pool and threads, torch threads)."""
-        ignored = ("run_dir", "fail_after_epoch", "kill_after_epoch", "kill_during_epoch", "kill_at_step", "kill_rank",
+        ignored = ("run_dir", "store", "fail_after_epoch", "kill_after_epoch", "kill_during_epoch", "kill_at_step", "kill_rank",
                    "loader_workers", "loader_pool", "torch_threads")
         fields = {k: v for k, v in asdict(self).items() if k not in ignored}
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -220,11 +230,8 @@ def kill_mid_epoch(job: TrainJob, comm: Comm, epoch: int, step: int) -> None:
     restarted stage trains on."""
     if job.kill_during_epoch != epoch or step != job.kill_at_step or comm.rank != job.kill_rank:
         return
-    try:
-        os.close(os.open(Path(job.run_dir, f".killed-in-epoch-{epoch}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return
-    os.kill(os.getpid(), signal.SIGKILL)
+    if job.folder.create_new(f".killed-in-epoch-{epoch}"):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def inject_faults(job: TrainJob, comm: Comm, epoch: int, resumed: bool) -> None:
@@ -237,10 +244,8 @@ def inject_faults(job: TrainJob, comm: Comm, epoch: int, resumed: bool) -> None:
         raise RuntimeError(f"injected failure after epoch {epoch} (fault-injection test)")
 
 
-def _write_history(run_dir: Path, history: list[dict]) -> None:
-    tmp = run_dir / (HISTORY + ".tmp")
-    tmp.write_text(json.dumps(history, indent=1))
-    os.replace(tmp, run_dir / HISTORY)
+def _write_history(run_dir: Folder, history: list[dict]) -> None:
+    run_dir.write_text(HISTORY, json.dumps(history, indent=1))
 
 
 @dataclass
@@ -279,7 +284,7 @@ def start_run(job: TrainJob, comm: Comm, log=print) -> Run:
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     train_model, optimizer = comm.distribute(model, optimizer)
     run = Run(job, spec, device, model, optimizer, train_model, _loss_fn(spec.kind), job.fingerprint())
-    checkpoint = load_checkpoint(Path(job.run_dir), run.fingerprint, job.code_version)
+    checkpoint = load_checkpoint(job.folder, run.fingerprint, job.code_version)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -324,9 +329,9 @@ def finish_epoch(run: Run, comm: Comm, epoch: int, train_loss: float, rows: int,
     if better:
         run.best = {"epoch": epoch, "value": value}
     if comm.rank == 0:
-        run_dir = Path(job.run_dir)
+        run_dir = job.folder
         if better:
-            save_model(run.model, run_dir / BEST_DIR)
+            save_model(run.model, run_dir.folder(BEST_DIR))
         save_checkpoint(run_dir, run.model, run.optimizer, epoch, run.history, run.best, run.fingerprint,
                         job.code_version)
         _write_history(run_dir, run.history)
@@ -355,9 +360,9 @@ def run_training(job: TrainJob, comm: Comm, log=print) -> TrainResult:
 
 def test_metrics(job: TrainJob, comm: Comm) -> dict[str, float]:
     """Test-split metrics of the best model (every rank scores its share; outputs are gathered)."""
-    best_dir = Path(job.run_dir) / BEST_DIR
+    best_dir = job.folder.folder(BEST_DIR)
     comm.barrier()  # rank 0 wrote the best model
-    if not (best_dir / WEIGHTS_FILE).exists() or not job.test_files:
+    if not best_dir.exists(WEIGHTS_FILE) or not job.test_files:
         return {}
     device = default_device(comm.local_rank)
     model = load_model(best_dir, device)
