@@ -1,6 +1,7 @@
 """Finding a source's files, checking their schemas and reading their lines."""
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -9,6 +10,7 @@ import pytest
 from pyspark.testing import assertDataFrameEqual
 
 from shardlake import sources
+from shardlake.folders import Folder
 
 COLUMNS = [("id", "int"), ("name", "string")]
 
@@ -84,3 +86,32 @@ def test_plain_lines_tells_files_whose_lines_are_all_records(tmp_path, data, pla
 def test_plain_lines_finds_a_header_across_two_blocks(tmp_path):
     (tmp_path / "a.csv").write_bytes(b"id,name\n1,ann\nid,name\n")
     assert sources.plain_lines(tmp_path / "a.csv", "id,name", "UTF-8", block_size=18) is False
+
+
+def _zip(path: Path, members: dict[str, str]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, text in members.items():
+            archive.writestr(name, text)
+    return path
+
+
+def test_a_zip_archive_for_a_lake_on_s3_is_extracted_onto_the_store(s3_server, tmp_path):
+    """On a cluster, executors on other nodes never see the driver's temp folder: the members must be objects."""
+    bucket = s3_server.bucket("unzip")
+    staging = Folder(f"s3a://{bucket}/lake/_staging", s3_server.settings)
+    files = sources.materialise([_zip(tmp_path / "a.zip", {"a.csv": "id\n1\n", "b.csv": "id\n2\n"})], "auto", staging)
+    assert [f.rsplit("/", 1)[1] for f in files] == ["a.csv", "b.csv"]
+    assert all(f.startswith(f"s3a://{bucket}/lake/_staging/a-") for f in files)
+    assert [s3_server.filesystem().open_input_stream(f.split("://", 1)[1]).read() for f in files] == [b"id\n1\n",
+                                                                                                   b"id\n2\n"]
+
+
+def test_an_archive_whose_extraction_onto_the_store_was_cut_short_is_extracted_again(s3_server, tmp_path):
+    bucket = s3_server.bucket("unzip-again")
+    staging = Folder(f"s3a://{bucket}/lake/_staging", s3_server.settings)
+    archive = _zip(tmp_path / "a.zip", {"a.csv": "id\n1\n", "b.csv": "id\n2\n"})
+    first, second = sources.materialise([archive], "auto", staging)
+    s3_server.filesystem().delete_file(second.split("://", 1)[1])
+    staging.delete(f"{first.rsplit('/', 2)[1]}/{sources.EXTRACTED}")  # as if the driver died before the marker
+    again = sources.materialise([archive], "auto", staging)
+    assert s3_server.filesystem().open_input_stream(again[1].split("://", 1)[1]).read() == b"id\n2\n"

@@ -87,6 +87,11 @@ class Folder:
         self.store.write_bytes(location, data)
         return location
 
+    def open_output(self, name: str):
+        """A binary stream to write a large file in pieces. On an object store the object appears whole when
+        the stream closes; on a local folder the file is visible while written (write beside, then move)."""
+        return self.store.open_output(self.file(name))
+
     def write_text(self, name: str, text: str) -> str:
         return self.write_bytes(name, text.encode())
 

@@ -6,11 +6,11 @@ take; every one is checked to stay under the root, on the normalised location.
 """
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from shardlake.folders import Folder
 from shardlake.storage import LakePathError, LocalStore, Store, StoreSettings, StorageError
 
 __all__ = ["Lake", "LakePathError", "StorageError"]
@@ -58,12 +58,12 @@ class Lake:
     def staging(self, *parts: str) -> Path:
         return self.path("_staging", *parts)
 
-    def scratch(self) -> Path:
-        """A local folder for files the driver unpacks (zipped sources): the lake's staging folder, or for a
-        lake on object storage one under this machine's temp folder (which executors see in local mode only)."""
+    def scratch(self) -> Path | Folder:
+        """Where the driver unpacks zipped sources for Spark to read: the lake's staging folder, on the lake's
+        own store (a lake on S3 gets objects there, which executors on every node can read)."""
         if self.is_local:
             return self.staging()
-        return Path(tempfile.gettempdir()) / "shardlake-staging"
+        return Folder(self.staging_location(), self.store.settings)
 
     def staging_location(self, *parts: str) -> str:
         """A staging location Spark writes to (under the lake root, on whatever store it is)."""

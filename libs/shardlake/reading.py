@@ -46,6 +46,7 @@ from pyspark.sql import types as T
 
 from shardlake import sources
 from shardlake.config import SourceSpec
+from shardlake.folders import Folder
 from shardlake.transforms import parse as P
 from shardlake.transforms.parse_csv import parse_typed
 
@@ -63,8 +64,8 @@ class LineScan:
     bom_headers: int = 0  # lines equal to a byte-order mark and the header text
 
 
-def read_parsed(spark: SparkSession, source: SourceSpec, columns: list[tuple[str, str]], staging: Path, base_dir: Path,
-                allow_evolution: bool) -> DataFrame:
+def read_parsed(spark: SparkSession, source: SourceSpec, columns: list[tuple[str, str]], staging: Path | Folder,
+                base_dir: Path, allow_evolution: bool) -> DataFrame:
     """The source's rows, parsed: ``_raw``, ``_source_file``, ``_record_kind``, the declared columns, ``_parse_errors``.
 
     One row per record (kind ``record``), per blank line (``blank``) and per repeated header
@@ -72,9 +73,9 @@ def read_parsed(spark: SparkSession, source: SourceSpec, columns: list[tuple[str
     record's text as it arrived (all its lines, without the final line ending; a Parquet row:
     its JSON), ``_source_file`` the file's URI. Records carry their typed values and their parse
     errors (``malformed``, ``encoding``, ``type:<col>``); blank and header rows have null values
-    and no errors. Zip archives are extracted under ``staging``; relative paths start at
-    ``base_dir``. A source whose schema differs from the declared one is refused before any
-    Spark job (``sources.SourceError``), unless ``allow_evolution``.
+    and no errors. Zip archives are extracted under ``staging`` (a local folder, or a lake's folder on an
+    object store); relative paths start at ``base_dir``. A source whose schema differs from the
+    declared one is refused before any Spark job (``sources.SourceError``), unless ``allow_evolution``.
     """
     declared = [name for name, _ in columns]
     files = sources.materialise(sources.resolve_files(source.path, base_dir), source.compression, staging)

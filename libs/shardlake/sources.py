@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from shardlake.folders import Folder
 from shardlake.storage import is_url, store_for
 from shardlake.transforms.parse import LINE, LINE_BLOCK, LINE_NO
 
@@ -35,6 +36,9 @@ from shardlake.transforms.parse import LINE, LINE_BLOCK, LINE_NO
 SourceFile = Path | str
 
 UTF8 = ("utf-8", "utf8")
+# Written last into a zip archive's extraction folder on an object store: the members before it are all there.
+EXTRACTED = "_EXTRACTED"
+EXTRACT_CHUNK = 8 << 20
 
 
 class SourceError(ValueError):
@@ -120,20 +124,27 @@ def _content_hash(path: SourceFile) -> str:
     return digest.hexdigest()[:16]
 
 
-def unzip_to_staging(archive: SourceFile, staging_root: Path) -> list[Path]:
-    """Extract a zip archive (local or on an object store) once into a local folder named by its content
-    hash; atomic via rename."""
+def unzip_to_staging(archive: SourceFile, staging_root: Path | Folder) -> list[SourceFile]:
+    """Extract a zip archive (local or on an object store) once into a folder named by its content hash.
+
+    A local ``staging_root`` gets a folder written beside and renamed (atomic); a ``Folder`` on an object
+    store (a lake on S3, whose executors may run on any node) gets one object per member, then the
+    ``EXTRACTED`` marker: a folder without it was cut short and is extracted again.
+    """
     try:
         with open_binary(archive) as handle, zipfile.ZipFile(handle) as zf:
             members = [m for m in zf.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX")]
-            target = staging_root / f"{_name(archive).stem}-{_content_hash(archive)}"
+            name = f"{_name(archive).stem}-{_content_hash(archive)}"
+            if isinstance(staging_root, Folder) and not staging_root.is_local:
+                return _unzip_to_store(zf, members, staging_root.folder(name))
+            staging_root = Path(str(staging_root))
+            target = staging_root / name
             if not target.exists():
                 tmp = target.with_name(target.name + ".tmp")
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir(parents=True)
                 for member in members:
-                    name = Path(member.filename).name
-                    with zf.open(member) as src, (tmp / name).open("wb") as dst:
+                    with zf.open(member) as src, (tmp / Path(member.filename).name).open("wb") as dst:
                         shutil.copyfileobj(src, dst)
                 tmp.rename(target)
     except zipfile.BadZipFile as err:
@@ -141,8 +152,19 @@ def unzip_to_staging(archive: SourceFile, staging_root: Path) -> list[Path]:
     return sorted(target / Path(m.filename).name for m in members)
 
 
-def materialise(files: list[SourceFile], compression: str, staging_root: Path) -> list[SourceFile]:
-    """Replace zip archives by their extracted members; other files pass through."""
+def _unzip_to_store(zf: zipfile.ZipFile, members: list[zipfile.ZipInfo], target: "Folder") -> list[str]:
+    names = [Path(m.filename).name for m in members]
+    if not target.exists(EXTRACTED):
+        for member, name in zip(members, names):
+            # Streamed: an object appears whole when its upload closes, and a member may be large.
+            with zf.open(member) as src, target.open_output(name) as dst:
+                shutil.copyfileobj(src, dst, EXTRACT_CHUNK)
+        target.write_text(EXTRACTED, "\n".join(names))
+    return sorted(target.file(name) for name in names)
+
+
+def materialise(files: list[SourceFile], compression: str, staging_root: Path | Folder) -> list[SourceFile]:
+    """Replace zip archives by their extracted members (under ``staging_root``); other files pass through."""
     out: list[SourceFile] = []
     for path in files:
         is_zip = compression == "zip" or (compression == "auto" and _name(path).suffix == ".zip")

@@ -170,6 +170,10 @@ class Store:
         """Write ``data`` whole: a reader sees the old object or the new one, never a part (see subclasses)."""
         raise NotImplementedError
 
+    def open_output(self, location: str):
+        """A binary output stream (an object store uploads in parts and publishes the object on close)."""
+        return self.fs.open_output_stream(self._fs_path(location))
+
     def move(self, source: str, target: str) -> None:
         """Rename a file: atomic on a local folder; a copy then a delete on an object store."""
         self.fs.move(self._fs_path(source), self._fs_path(target))
