@@ -1,23 +1,27 @@
 """The pipeline on a real Spark standalone cluster (a master and two workers on 127.0.0.1).
 
-Only the master URL changes; Horovod's two ranks must land on different workers. A training rank's
+Only the master URL changes, and the lake and the source live on the test S3 server (the workers share
+no folder): Horovod's two ranks must land on different workers, and every table, model file and plot
+is read back straight from the server. A training rank's
 process SIGKILLed mid-run from outside is healed by the train job itself.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from cluster import spark_env, standalone_cluster
 from flights_sample import write_sample
-from shardlake import delta_io
 from shardlake.lake import Lake
 
 pytestmark = pytest.mark.slow
@@ -52,13 +56,23 @@ def _rank_workers(cluster) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def cluster_run(cluster, tmp_path_factory):
-    """Run the whole pipeline once on the cluster, noting which workers hosted Horovod ranks."""
+def cluster_run(cluster, s3_server, tmp_path_factory):
+    """Run the whole pipeline once on the cluster with its source and lake on the S3 server only (the workers
+    share nothing else: no folder), noting which workers hosted Horovod ranks.
+
+    The source is a zip archive, as the flights data ships: the driver extracts it onto the store."""
     root = tmp_path_factory.mktemp("cluster-run")
     sample, rows = write_sample(root / "data", every=200)
-    lake = Lake.at(root / "lake")
+    bucket = s3_server.bucket("cluster")
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+        zipped.write(sample, sample.name)
+    with s3_server.filesystem().open_output_stream(f"{bucket}/landing/flights_sample.csv.zip") as out:
+        out.write(archive.getvalue())
+    lake = f"s3a://{bucket}/lake"
     command = [sys.executable, "-m", "jobs.pipeline", "--logical-date", "2024-01-01",
-               f"spark.master={cluster.master_url}", f"lake.root={lake.root}", f"dataset.source.path={sample}",
+               f"spark.master={cluster.master_url}", f"lake.root={lake}",
+               f"dataset.source.path=s3a://{bucket}/landing/flights_sample.csv.zip", *s3_server.overrides(),
                "dataset.shards=4", "train.epochs=2", "train.batch_size=64", "train.num_proc=2",
                "train.promote_threshold=0.0", "spark.settings.spark.executor.memory=1g",
                "spark.settings.spark.driver.memory=1g"]
@@ -70,28 +84,76 @@ def cluster_run(cluster, tmp_path_factory):
             workers_with_ranks |= _rank_workers(cluster)
             time.sleep(0.5)
     assert proc.returncode == 0, log_path.read_text()[-4000:]
-    return {"lake": lake, "rows": rows, "workers_with_ranks": workers_with_ranks}
+    return {"lake": lake, "bucket": bucket, "rows": rows, "workers_with_ranks": workers_with_ranks}
 
 
 KEY = ["year", "month", "day", "carrier", "flight", "origin", "sched_dep_time"]
+
+
+def _keys(table) -> list[tuple]:
+    return sorted(zip(*(table.column(c).to_pylist() for c in KEY)))
+
+
+def _production_card(s3_server, cluster_run) -> dict:
+    registry = s3_server.read_delta(f"{cluster_run['lake']}/_registry/models", ["stage", "model_dir"]).to_pylist()
+    production = [row["model_dir"] for row in registry if row["stage"] == "production"]
+    assert len(production) == 1
+    return json.loads(s3_server.read_object(f"{production[0]}/card.json"))
 
 
 def test_horovod_ranks_run_on_both_workers(cluster_run):
     assert cluster_run["workers_with_ranks"] == {0, 1}
 
 
-def test_every_clean_flight_gets_exactly_one_prediction_on_the_cluster(spark, cluster_run):
-    lake = cluster_run["lake"]
-    clean = delta_io.read_version(spark, lake.table("flights", "clean")).select(*KEY)
-    predicted = delta_io.read_version(spark, lake.table("flights", "predictions")).select(*KEY)
-    assert sorted(predicted.collect()) == sorted(clean.collect())
+def test_every_clean_flight_gets_exactly_one_prediction_on_the_cluster(s3_server, cluster_run):
+    clean = s3_server.read_delta(f"{cluster_run['lake']}/flights/clean", KEY)
+    predicted = s3_server.read_delta(f"{cluster_run['lake']}/flights/predictions", KEY)
+    assert _keys(predicted) == _keys(clean)
 
 
-def test_cluster_ingest_accounts_for_every_source_row(spark, cluster_run):
-    lake = cluster_run["lake"]
-    clean = delta_io.read_version(spark, lake.table("flights", "clean")).count()
-    quarantined = delta_io.read_version(spark, lake.table("flights", "quarantine")).count()
-    assert clean + quarantined == len(cluster_run["rows"])
+def test_cluster_ingest_accounts_for_every_source_row(s3_server, cluster_run):
+    tables = [s3_server.read_delta(f"{cluster_run['lake']}/flights/{name}") for name in ("clean", "quarantine")]
+    runs = s3_server.read_delta(f"{cluster_run['lake']}/flights/ingest_runs", ["rows_read", "duplicates_removed"])
+    assert runs.to_pylist() == [{"rows_read": len(cluster_run["rows"]), "duplicates_removed": 0}]
+    assert sum(t.num_rows for t in tables) == len(cluster_run["rows"])
+
+
+def test_the_production_models_card_names_the_clean_table_version_on_s3(s3_server, cluster_run):
+    card = _production_card(s3_server, cluster_run)
+    clean = f"{cluster_run['lake']}/flights/clean"
+    assert (card["table_path"], card["table_version"]) == (clean, s3_server.delta_table(clean).version())
+    assert card["model_dir"].startswith(f"{cluster_run['lake']}/models/flights/")
+
+
+def test_the_weights_on_s3_are_the_ones_the_card_registered(s3_server, cluster_run):
+    card = _production_card(s3_server, cluster_run)
+    weights = s3_server.read_object(f"{card['model_dir']}/model.safetensors")
+    assert hashlib.sha256(weights).hexdigest() == card["weights_sha256"]
+
+
+def test_the_training_curve_and_the_inference_plot_are_pngs_on_s3(s3_server, cluster_run):
+    card = _production_card(s3_server, cluster_run)
+    plots = [k for k in s3_server.object_keys(f"{cluster_run['bucket']}/lake/flights/inference_runs")
+             if k.endswith(".png")]
+    pngs = [s3_server.read_object(f"{card['model_dir']}/training_curve.png"), *map(s3_server.read_object, plots)]
+    assert len(plots) == 1 and [png[:8] for png in pngs] == [b"\x89PNG\r\n\x1a\n"] * 2
+
+
+def test_the_zipped_source_was_extracted_onto_the_store(s3_server, cluster_run):
+    extracted = s3_server.object_keys(f"{cluster_run['bucket']}/lake/_staging")
+    assert [k.rsplit("/", 1)[1] for k in extracted] == ["_EXTRACTED", "flights_sample.csv"]
+
+
+def test_nothing_is_written_beside_the_lake_on_the_local_disk(cluster_run):
+    # A lake root on s3a:// once became the local folder <cwd>/s3a:/bucket/lake.
+    assert not (REPO / "s3a:").exists()
+
+
+def test_no_object_the_pipeline_wrote_holds_the_secret_key_from_the_environment(s3_server, cluster_run):
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"].encode()
+    written = s3_server.object_keys(cluster_run["bucket"])
+    assert any(k.endswith("card.json") for k in written)
+    assert [k for k in written if secret in s3_server.read_object(k)] == []
 
 
 @pytest.fixture(scope="module")

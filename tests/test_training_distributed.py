@@ -191,3 +191,27 @@ def test_the_card_records_the_training_splits_binned_distributions(runs):
                 *np.bincount(np.searchsorted(reference["edges"], finite, side="right"),
                              minlength=len(reference["edges"]) + 1)]
     assert reference["counts"] == expected and len(reference["edges"]) >= 5
+
+
+@pytest.fixture(scope="module")
+def s3_killed(spark, s3_server):
+    """A Horovod run on a lake on the test S3 server whose rank 1 is SIGKILLed mid-epoch (one restart allowed):
+    the restarted stage can only resume from the checkpoint the run folder keeps on the server."""
+    s3_server.point(spark)
+    lake = Lake.at(f"s3a://{s3_server.bucket('killed')}/lake", s3_server.settings)
+    write_clean_table(spark, lake.table("flights", "clean"), flights_like_frame(2000, seed=3, shards=2))
+    config = load_config([REPO / "conf" / "base.yaml"],
+                         [f"lake.root={lake.root}", *s3_server.overrides(), "train.epochs=2", "train.batch_size=256",
+                          "train.num_proc=2", "train.start_timeout_s=300", "train.max_restarts=1"])
+    _, card = train.fit(spark, lake, config, "test-code", run_id="s3-killed", kill_during_epoch=1, log=lambda _: None)
+    return card
+
+
+def test_a_rank_killed_mid_epoch_resumes_from_the_checkpoint_on_s3(s3_killed):
+    assert ([h["epoch"] for h in s3_killed["history"]], s3_killed["resumed_from"], s3_killed["restarts"]) == \
+        ([0, 1], 1, 1)
+
+
+def test_the_run_folder_on_s3_holds_the_checkpoint_the_kill_marker_and_the_model(s3_server, s3_killed):
+    names = {key.rsplit("/", 1)[1] for key in s3_server.object_keys(s3_killed["model_dir"].split("://", 1)[1])}
+    assert {"checkpoint.pt", ".killed-in-epoch-1", "card.json", "model.safetensors", "training_curve.png"} <= names
