@@ -51,6 +51,15 @@ def s3_server():
         yield server
 
 
+@pytest.fixture(scope="session")
+def hdfs_server():
+    """A real HDFS (Hadoop's MiniDFSCluster, its own JVM) on loopback."""
+    from hdfs_server import HdfsServer
+
+    with HdfsServer() as server:
+        yield server
+
+
 @pytest.fixture()
 def lake_root(tmp_path: Path) -> Path:
     root = tmp_path / "lake"

@@ -118,8 +118,8 @@ def test_an_s3_lake_root_must_use_the_s3a_scheme():
 
 
 def test_a_lake_root_on_an_unsupported_store_is_refused_naming_the_field():
-    with pytest.raises(ConfigError, match=r"lake.root: .*hdfs:// is not supported yet"):
-        load_config([BASE], ["lake.root=hdfs://namenode/lake"])
+    with pytest.raises(ConfigError, match=r"lake.root: .*gs:// is not supported yet"):
+        load_config([BASE], ["lake.root=gs://bucket/lake"])
 
 
 def test_an_endpoint_carrying_credentials_is_refused():

@@ -1,4 +1,4 @@
-"""shardlake.storage: one interface over a local folder and an S3 store (a real server), escapes refused."""
+"""shardlake.storage: one interface over a local folder, an S3 store and HDFS (real servers), escapes refused."""
 from __future__ import annotations
 
 import os
@@ -83,6 +83,50 @@ def test_an_s3_store_writes_reads_globs_and_deletes_over_the_server(s3_server):
     listed = [i.path for i in s3_server.filesystem().get_file_info(pafs.FileSelector(bucket, recursive=True))
               if i.type == pafs.FileType.File]
     assert listed == [f"{bucket}/lake/landing/2024-01-05/a.csv"]
+
+
+def test_an_hdfs_store_writes_reads_globs_and_deletes_over_the_namenode(hdfs_server):
+    root = hdfs_server.folder("roundtrip")
+    store = Store.create(root)
+    store.check()
+    _roundtrip(store)
+    # What the namespace holds, seen by another client (delta-rs's own HDFS client's sibling): the files written.
+    from hdfs_native import Client
+
+    listed = [s.path for s in Client(hdfs_server.url).list_status(root.removeprefix(hdfs_server.url) + "/landing",
+                                                                   recursive=True) if not s.isdir]
+    assert listed == [f"{root.removeprefix(hdfs_server.url)}/landing/2024-01-05/a.csv"]
+
+
+def test_a_file_written_again_on_hdfs_replaces_the_old_one_whole(hdfs_server):
+    store = Store.create(hdfs_server.folder("rewrite"))
+    store.write_bytes(store.child("card.json"), b"old")
+    store.write_bytes(store.child("card.json"), b"new")
+    assert (store.read_bytes(store.child("card.json")), store.list_files(store.root)) == \
+        (b"new", [store.child("card.json")])
+
+
+def test_a_move_on_hdfs_replaces_its_target(hdfs_server):
+    store = Store.create(hdfs_server.folder("move"))
+    store.write_bytes(store.child("checkpoint.pt"), b"2")
+    store.write_bytes(store.child("checkpoint.previous.pt"), b"1")
+    store.move(store.child("checkpoint.pt"), store.child("checkpoint.previous.pt"))
+    assert [store.read_bytes(f) for f in store.list_files(store.root)] == [b"2"]
+
+
+@pytest.mark.parametrize("parts", [("..", "other"), ("%2e%2e", "x")])
+def test_an_hdfs_store_refuses_a_location_outside_its_root(parts):
+    with pytest.raises(LakePathError, match="outside hdfs://namenode:8020/lake"):
+        Store.create("hdfs://namenode:8020/lake").child(*parts)
+
+
+def test_an_unreachable_namenode_is_one_line_naming_the_url():
+    from hdfs_server import _free_port
+
+    root = f"hdfs://127.0.0.1:{_free_port()}/lake"
+    with pytest.raises(StorageError, match=rf"^{root}: the HDFS NameNode 127.0.0.1:\d+ cannot be reached") as err:
+        Store.create(root).check()
+    assert "\n" not in str(err.value)
 
 
 def test_a_missing_bucket_is_one_line_naming_the_url(s3_server):

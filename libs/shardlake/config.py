@@ -230,7 +230,8 @@ class SparkSettings(_Strict):
 
 
 class LakeSettings(_Strict):
-    """Where the lake is: a local folder, or ``s3a://bucket/prefix`` on an S3-compatible store.
+    """Where the lake is: a local folder, ``s3a://bucket/prefix`` on an S3-compatible store, or
+    ``hdfs://namenode:port/path``.
 
     Only where the store is lives here (endpoint, region, addressing); credentials come from the
     environment, the Hadoop configuration or an instance profile, never from a file in the repo.
@@ -248,8 +249,8 @@ class LakeSettings(_Strict):
         scheme = urllib.parse.urlsplit(root).scheme.lower() if "://" in root else ""
         if scheme in ("s3", "s3n"):
             raise ValueError(f"{root!r}: use s3a:// (the scheme of Hadoop's S3A connector, which Spark writes with)")
-        if scheme not in ("", "file", "s3a"):
-            raise ValueError(f"{root!r}: a lake root is a local folder or an s3a:// URL "
+        if scheme not in ("", "file", "s3a", "hdfs"):
+            raise ValueError(f"{root!r}: a lake root is a local folder, an s3a:// or an hdfs:// URL "
                              f"({scheme}:// is not supported yet)")
         return root
 

@@ -1,11 +1,13 @@
 """Where bytes live: one small interface over a local folder and object stores, chosen by URL.
 
-Spark reads and writes tables itself, through the Hadoop connectors (``s3a://`` is the one
-tested and configured here; ``abfss://``, ``gs://`` and ``hdfs://`` are refused until they are). Everything else the platform stores or lists (source files and their
-headers, model weights, cards, checkpoints, run reports, plots, staging areas) goes through a
-``Store``, made by ``Store.create(url)`` the way horovod's ``Store.create`` picks HDFS, DBFS or a
-local folder. The file systems are ``pyarrow.fs``'s (S3 and local), so no storage
-protocol is written here; what is written here is what no library does for us: one spelling of a
+Spark reads and writes tables itself, through the Hadoop connectors (``s3a://`` and ``hdfs://``
+are the ones tested and configured here; ``abfss://`` and ``gs://`` are refused until they are).
+Everything else the platform stores or lists (source files and their headers, model weights,
+cards, checkpoints, run reports, plots, staging areas) goes through a ``Store``, made by
+``Store.create(url)`` the way horovod's ``Store.create`` picks HDFS, DBFS or a local folder. The
+file systems are ``pyarrow.fs``'s (S3 and local) and, for HDFS, ``hdfs-native``'s fsspec client
+(HDFS's own RPC protocol, no JVM or libhdfs, as delta-rs speaks it) seen through ``pyarrow.fs``;
+so no storage protocol is written here; what is written here is what no library does for us: one spelling of a
 location per scheme (Spark's ``s3a://bucket/key`` and pyarrow's ``bucket/key`` name the same object), and the
 check that a derived location stays under its root, on normalised URLs (``..``, ``%2e%2e``, another
 bucket or another scheme are refused).
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import socket
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +31,8 @@ import pyarrow.fs as pafs
 
 # Spark's Hadoop schemes and the one pyarrow (and delta-rs) use for the same store.
 _S3 = ("s3a", "s3", "s3n")
-_OTHER = ("gs", "gcs", "hdfs", "viewfs", "abfss", "abfs", "wasbs")
+_HDFS = ("hdfs",)
+_OTHER = ("gs", "gcs", "viewfs", "abfss", "abfs", "wasbs")
 _GLOB = set("*?[")
 
 
@@ -134,7 +138,7 @@ class Store:
         if settings is not None:  # what this process is told about a bucket holds for its later stores
             _SETTINGS[_store_key(location)] = _SETTINGS[(_store_key(location)[0], _ANY)] = settings
         resolved = _settings_for(location)
-        return ObjectStore(location, _object_fs(location, resolved), resolved)
+        return _store_class(location)(location, _object_fs(location, resolved), resolved)
 
     # Locations
     def child(self, *parts: str) -> str:
@@ -316,6 +320,60 @@ class ObjectStore(Store):
         return s3a_settings(self.settings)
 
 
+class HdfsStore(ObjectStore):
+    """A folder of an HDFS namespace (``hdfs://namenode:port/path``); paths are absolute in the namespace.
+
+    HDFS renames are atomic (with overwrite), so files are written beside and renamed, as locally.
+    """
+
+    def _fs_path(self, location: str) -> str:
+        parsed = Location.parse(location)
+        if not parsed.within(Location(self.location.scheme, self.location.authority, "")):
+            raise LakePathError(f"{location}: not in the namespace {self.location.scheme}://{self.location.authority}")
+        return f"/{parsed.key}"
+
+    def _location(self, fs_path: str) -> str:
+        return Location(self.location.scheme, self.location.authority, fs_path.lstrip("/")).url
+
+    @property
+    def _client(self):
+        return self.fs.handler.fs  # hdfs-native's fsspec file system, for renames with overwrite
+
+    def write_bytes(self, location: str, data: bytes) -> None:
+        target = self._fs_path(location)
+        folder, _, name = target.rpartition("/")
+        partial = f"{folder}/.{name}.partial"
+        with self.fs.open_output_stream(partial) as stream:
+            stream.write(data)
+        self._client.mv(partial, target, overwrite=True)
+
+    def move(self, source: str, target: str) -> None:
+        self._client.mv(self._fs_path(source), self._fs_path(target), overwrite=True)
+
+    def check(self) -> None:
+        try:
+            self._probe()
+            self.fs.get_file_info(self._fs_path(self.root))
+        except (OSError, RuntimeError) as err:  # hdfs-native raises RuntimeError for RPC failures
+            raise StorageError(f"{self.root}: the HDFS NameNode {self.location.authority} cannot be reached "
+                               f"({_first_line(err)}); check the host and port, or HADOOP_CONF_DIR") from None
+
+    def _probe(self) -> None:
+        # hdfs-native retries a refused connection for minutes; a NameNode given as host:port that
+        # refuses a TCP connection is down or wrong, which is said at once. (An HA nameservice is
+        # resolved from HADOOP_CONF_DIR by the client itself.)
+        split = urllib.parse.urlsplit(self.root)
+        if split.port:
+            socket.create_connection((split.hostname, split.port), timeout=10).close()
+
+    def spark_settings(self) -> dict[str, str]:
+        return {}  # Spark's own Hadoop client speaks HDFS
+
+
+def _store_class(location: Location) -> type[ObjectStore]:
+    return HdfsStore if location.scheme in _HDFS else ObjectStore
+
+
 def _delta_rs_options(settings: StoreSettings) -> dict[str, str]:
     options = {"AWS_REGION": settings.resolved_region()}
     endpoint = settings.resolved_endpoint()
@@ -359,8 +417,8 @@ def store_for(location: str, settings: StoreSettings | None = None) -> Store:
 def _bucket_store(scheme: str, authority: str, settings: StoreSettings) -> Store:
     # One client per bucket and settings: a source's files are sized, opened and read one by one,
     # and building an S3 client for each of those calls would repeat the SDK's set-up every time.
-    root = f"{scheme}://{authority}"
-    return ObjectStore(Location.parse(root), _object_fs(Location.parse(root), settings), settings)
+    root = Location.parse(f"{scheme}://{authority}")
+    return _store_class(root)(root, _object_fs(root, settings), settings)
 
 
 def _bucket(location: Location) -> str:
@@ -380,12 +438,24 @@ def _object_fs(location: Location, settings: StoreSettings) -> pafs.FileSystem:
             kwargs.update(endpoint_override=split.netloc, scheme=split.scheme)
         # pyarrow 14 always addresses buckets path-style, which every S3 server accepts.
         return pafs.S3FileSystem(**kwargs)
+    if location.scheme in _HDFS:
+        return _hdfs_fs(location.authority)
     if location.scheme in _OTHER:
         # Spark itself reaches these through its Hadoop connectors; the platform's own files are
-        # not stored there yet (pyarrow 14 has no Azure file system; GCS and HDFS are untested).
+        # not stored there yet (pyarrow 14 has no Azure file system; GCS is untested).
         raise StorageError(f"{location.url}: {location.scheme}:// is not supported as a lake or source yet; "
-                           "use s3a:// or a local folder")
-    raise StorageError(f"{location.url}: unknown storage scheme {location.scheme!r}; use a local path or s3a://")
+                           "use s3a://, hdfs:// or a local folder")
+    raise StorageError(f"{location.url}: unknown storage scheme {location.scheme!r}; use a local path, s3a:// "
+                       "or hdfs://")
+
+
+def _hdfs_fs(authority: str) -> pafs.FileSystem:
+    """``namenode:port`` (or an HA nameservice that HADOOP_CONF_DIR names) as a pyarrow file system."""
+    from hdfs_native.fsspec import HdfsFileSystem
+
+    host, _, port = authority.rpartition(":") if ":" in authority else (authority, "", "")
+    client = HdfsFileSystem(host=host, port=int(port)) if port else HdfsFileSystem(host=authority)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(client))
 
 
 def s3a_settings(settings: StoreSettings) -> dict[str, str]:
