@@ -1,6 +1,7 @@
 """Petastorm input: one Delta snapshot's files, this rank's share, shuffled into tensor-ready batches."""
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -52,24 +53,54 @@ def row_group_count(urls: Sequence[str], store: StoreSettings = StoreSettings())
 
 
 def petastorm_filesystem(urls: Sequence[str], store: StoreSettings):
-    """The file system Petastorm reads s3:// files with; None for local files (Petastorm's own).
+    """The file system Petastorm reads s3:// or hdfs:// files with; None for local files (Petastorm's own).
 
     Petastorm 0.13.1 hands an s3:// URL's bare fsspec file system to pyarrow 14, whose dataset
     API then refuses Petastorm's ``validate_schema``; wrapped in pyarrow's legacy ``S3FSWrapper``
-    the legacy reader Petastorm was written for is used, as for local files.
+    the legacy reader Petastorm was written for is used, as for local files. For hdfs:// its own
+    route is libhdfs (a JVM library not installed here), so hdfs-native's fsspec client is wrapped
+    the same way.
     """
-    if not urls or not urls[0].startswith(("s3://", "s3a://")):
+    if not urls:
         return None
     import warnings
 
     import pyarrow.filesystem as legacy
-    import s3fs
 
-    endpoint = store.resolved_endpoint()
-    client = {"region_name": store.resolved_region(), **({"endpoint_url": endpoint} if endpoint else {})}
-    with warnings.catch_warnings():  # the wrapper is deprecated with the legacy reader it serves
+    with warnings.catch_warnings():  # the wrappers are deprecated with the legacy reader they serve
         warnings.simplefilter("ignore", FutureWarning)
-        return legacy.S3FSWrapper(s3fs.S3FileSystem(client_kwargs=client))
+        if urls[0].startswith(("s3://", "s3a://")):
+            import s3fs
+
+            endpoint = store.resolved_endpoint()
+            client = {"region_name": store.resolved_region(), **({"endpoint_url": endpoint} if endpoint else {})}
+            return legacy.S3FSWrapper(s3fs.S3FileSystem(client_kwargs=client))
+        if urls[0].startswith("hdfs://"):
+            from hdfs_native.fsspec import HdfsFileSystem
+
+            authority = urllib.parse.urlsplit(urls[0])
+            return _fsspec_wrapper()(HdfsFileSystem(host=authority.hostname, port=authority.port))
+    return None
+
+
+@lru_cache(maxsize=1)
+def _fsspec_wrapper():
+    import pyarrow.filesystem as legacy
+
+    class FsspecWrapper(legacy.DaskFileSystem):
+        """pyarrow's legacy wrapper of an fsspec file system, with the three calls it leaves to S3FSWrapper
+        (pyarrow has no generic one): what the legacy ParquetDataset asks of Petastorm's file system."""
+
+        def isdir(self, path):
+            return self.fs.isdir(path)
+
+        def isfile(self, path):
+            return self.fs.isfile(path)
+
+        def walk(self, path):
+            yield from self.fs.walk(path)
+
+    return FsspecWrapper
 
 
 def shard_for(urls: Sequence[str], rank: int, size: int,
