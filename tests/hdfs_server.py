@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -16,13 +15,9 @@ from pathlib import Path
 
 import pyspark
 
+from cluster import free_port
+
 MINICLUSTER_JARS = ("hadoop-client-minicluster-3.3.4.jar", "junit-4.13.2.jar", "hamcrest-core-1.3.jar")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class HdfsServer:
@@ -30,7 +25,7 @@ class HdfsServer:
 
     def __init__(self, jars: Path | None = None) -> None:
         self.jars = jars or Path(os.environ.get("SHARDLAKE_JARS", Path.home() / ".cache" / "shardlake" / "jars"))
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"hdfs://127.0.0.1:{self.port}"
 
     def __enter__(self) -> "HdfsServer":
@@ -44,7 +39,7 @@ class HdfsServer:
         self._log = (self._home / "minicluster.log").open("w")
         self._process = subprocess.Popen(
             ["java", "-Xmx512m", "-cp", classpath, "org.apache.hadoop.test.MiniDFSClusterManager", "-format",
-             "-nnport", str(self.port), "-httpport", str(_free_port()), "-writeDetails", str(details),
+             "-nnport", str(self.port), "-httpport", str(free_port()), "-writeDetails", str(details),
              "-D", "dfs.namenode.resource.du.reserved=0"],
             cwd=self._home, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 120

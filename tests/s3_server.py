@@ -15,13 +15,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from cluster import free_port
 from shardlake.storage import StoreSettings, s3a_settings
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class S3Server:
@@ -30,7 +25,7 @@ class S3Server:
     def __init__(self, authenticate_after: int | None = None) -> None:
         # moto checks request signatures against its own IAM only after this many requests (None: never).
         self.authenticate_after = authenticate_after
-        self.port = _free_port()
+        self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.settings = StoreSettings(endpoint=self.endpoint, region="us-east-1", path_style=True)
 

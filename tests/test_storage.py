@@ -121,9 +121,9 @@ def test_an_hdfs_store_refuses_a_location_outside_its_root(parts):
 
 
 def test_an_unreachable_namenode_is_one_line_naming_the_url():
-    from hdfs_server import _free_port
+    from cluster import free_port
 
-    root = f"hdfs://127.0.0.1:{_free_port()}/lake"
+    root = f"hdfs://127.0.0.1:{free_port()}/lake"
     with pytest.raises(StorageError, match=rf"^{root}: the HDFS NameNode 127.0.0.1:\d+ cannot be reached") as err:
         Store.create(root).check()
     assert "\n" not in str(err.value)
