@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from shardlake.storage import LakePathError, Location, StoreSettings, is_url, store_for
+from shardlake.storage import LakePathError, StoreSettings, child_location, is_url, store_for
 
 __all__ = ["Folder", "LakePathError"]
 
@@ -42,17 +42,7 @@ class Folder:
 
     def file(self, *parts: str) -> str:
         """The location of ``parts`` inside this folder; LakePathError for a name that would leave it."""
-        if self.is_local:
-            base = Path(self.location)
-            candidate = base.joinpath(*map(str, parts)).resolve()
-            if candidate != base and base not in candidate.parents:
-                raise LakePathError(f"{'/'.join(map(str, parts))!r} resolves to {candidate}, outside {self.location}")
-            return str(candidate)
-        base = Location.parse(self.location)
-        joined = base.join(*map(str, parts))
-        if not joined.within(base):
-            raise LakePathError(f"{'/'.join(map(str, parts))!r} resolves to {joined.url}, outside {self.location}")
-        return joined.url
+        return child_location(self.location, *parts)
 
     def folder(self, *parts: str) -> "Folder":
         return Folder(self.file(*parts), self.settings)

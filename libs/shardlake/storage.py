@@ -116,6 +116,23 @@ class Location:
         return same_store and self.authority == root.authority and under
 
 
+def child_location(root: str, *parts: str) -> str:
+    """The location ``parts`` below ``root`` (a local path, or a URL), normalised; LakePathError if it would
+    leave ``root``. Stores, lakes and run folders all derive their locations through this one check."""
+    named = "/".join(map(str, parts))
+    if not is_url(root):
+        base = Path(root)
+        candidate = base.joinpath(*map(str, parts)).resolve()
+        if candidate != base and base not in candidate.parents:
+            raise LakePathError(f"{named!r} resolves to {candidate}, outside {root}")
+        return str(candidate)
+    base_location = Location.parse(root)
+    joined = base_location.join(*parts)
+    if not joined.within(base_location):
+        raise LakePathError(f"{named!r} resolves to {joined.url}, outside {root}")
+    return joined.url
+
+
 class Store:
     """A root and the file system under it; every location it hands out stays under the root.
 
@@ -143,7 +160,7 @@ class Store:
     # Locations
     def child(self, *parts: str) -> str:
         """The location ``parts`` below the root; LakePathError if it would leave the root."""
-        raise NotImplementedError
+        return child_location(self.root, *parts)
 
     def contains(self, location: str) -> bool:
         """True when ``location`` (same spelling as this store's) lies under the root."""
@@ -230,13 +247,6 @@ class LocalStore(Store):
         path = urllib.parse.unquote(root.removeprefix("file://")) if root.startswith("file://") else root
         super().__init__(str(Path(path).expanduser().resolve()), pafs.LocalFileSystem())
 
-    def child(self, *parts: str) -> str:
-        base = Path(self.root)
-        candidate = base.joinpath(*[str(p) for p in parts]).resolve()
-        if candidate != base and base not in candidate.parents:
-            raise LakePathError(f"{'/'.join(map(str, parts))!r} resolves to {candidate}, outside {self.root}")
-        return str(candidate)
-
     def contains(self, location: str) -> bool:
         base, candidate = Path(self.root), Path(location).resolve()
         return candidate == base or base in candidate.parents
@@ -273,12 +283,6 @@ class ObjectStore(Store):
     def __init__(self, location: Location, fs: pafs.FileSystem, settings: StoreSettings | None):
         super().__init__(location.url, fs, settings)
         self.location = location
-
-    def child(self, *parts: str) -> str:
-        joined = self.location.join(*parts)
-        if not joined.within(self.location):
-            raise LakePathError(f"{'/'.join(map(str, parts))!r} resolves to {joined.url}, outside {self.root}")
-        return joined.url
 
     def contains(self, location: str) -> bool:
         try:
