@@ -152,7 +152,7 @@ def unzip_to_staging(archive: SourceFile, staging_root: Path | Folder) -> list[S
     return sorted(target / Path(m.filename).name for m in members)
 
 
-def _unzip_to_store(zf: zipfile.ZipFile, members: list[zipfile.ZipInfo], target: "Folder") -> list[str]:
+def _unzip_to_store(zf: zipfile.ZipFile, members: list[zipfile.ZipInfo], target: Folder) -> list[str]:
     names = [Path(m.filename).name for m in members]
     if not target.exists(EXTRACTED):
         for member, name in zip(members, names):

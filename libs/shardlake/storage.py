@@ -7,10 +7,10 @@ cards, checkpoints, run reports, plots, staging areas) goes through a ``Store``,
 ``Store.create(url)`` the way horovod's ``Store.create`` picks HDFS, DBFS or a local folder. The
 file systems are ``pyarrow.fs``'s (S3 and local) and, for HDFS, ``hdfs-native``'s fsspec client
 (HDFS's own RPC protocol, no JVM or libhdfs, as delta-rs speaks it) seen through ``pyarrow.fs``;
-so no storage protocol is written here; what is written here is what no library does for us: one spelling of a
-location per scheme (Spark's ``s3a://bucket/key`` and pyarrow's ``bucket/key`` name the same object), and the
-check that a derived location stays under its root, on normalised URLs (``..``, ``%2e%2e``, another
-bucket or another scheme are refused).
+so no storage protocol is written here. What is written here is what no library does for us: one
+spelling of a location per scheme (Spark's ``s3a://bucket/key`` and pyarrow's ``bucket/key`` name
+the same object), and the check that a derived location stays under its root, on normalised URLs
+(``..``, ``%2e%2e``, another bucket or another scheme are refused).
 
 Credentials are never configured here: pyarrow and the S3A connector both take them from the
 environment (``AWS_ACCESS_KEY_ID`` ...), their own configuration files or an instance profile.
@@ -290,15 +290,24 @@ class ObjectStore(Store):
         except (StorageError, LakePathError):
             return False
 
+    _kind = "store"
+
     def _fs_path(self, location: str) -> str:
         parsed = Location.parse(location)
         if not parsed.within(Location(self.location.scheme, self.location.authority, "")):
-            raise LakePathError(f"{location}: not in the store {self.location.scheme}://{self.location.authority}")
-        return f"{_bucket(parsed)}/{parsed.key}".rstrip("/")
+            raise LakePathError(f"{location}: not in the {self._kind} "
+                                f"{self.location.scheme}://{self.location.authority}")
+        return self._path_of(parsed.key)
 
     def _location(self, fs_path: str) -> str:
-        key = fs_path.split("/", 1)[1] if "/" in fs_path else ""
-        return Location(self.location.scheme, self.location.authority, key).url
+        return Location(self.location.scheme, self.location.authority, self._key_of(fs_path)).url
+
+    # How the file system names a key: pyarrow's S3 puts the bucket first.
+    def _path_of(self, key: str) -> str:
+        return f"{_bucket(self.location)}/{key}".rstrip("/")
+
+    def _key_of(self, fs_path: str) -> str:
+        return fs_path.split("/", 1)[1] if "/" in fs_path else ""
 
     def write_bytes(self, location: str, data: bytes) -> None:
         # An object PUT is atomic: readers see the old object or the new one.
@@ -330,18 +339,18 @@ class HdfsStore(ObjectStore):
     HDFS renames are atomic (with overwrite), so files are written beside and renamed, as locally.
     """
 
-    def _fs_path(self, location: str) -> str:
-        parsed = Location.parse(location)
-        if not parsed.within(Location(self.location.scheme, self.location.authority, "")):
-            raise LakePathError(f"{location}: not in the namespace {self.location.scheme}://{self.location.authority}")
-        return f"/{parsed.key}"
+    _kind = "namespace"
 
-    def _location(self, fs_path: str) -> str:
-        return Location(self.location.scheme, self.location.authority, fs_path.lstrip("/")).url
+    def _path_of(self, key: str) -> str:
+        return f"/{key}"
+
+    def _key_of(self, fs_path: str) -> str:
+        return fs_path.lstrip("/")
 
     @property
-    def _client(self):
-        return self.fs.handler.fs  # hdfs-native's fsspec file system, for renames with overwrite
+    def fsspec(self):
+        """hdfs-native's fsspec file system under this store (renames with overwrite; Petastorm reads with it)."""
+        return self.fs.handler.fs
 
     def write_bytes(self, location: str, data: bytes) -> None:
         target = self._fs_path(location)
@@ -349,10 +358,10 @@ class HdfsStore(ObjectStore):
         partial = f"{folder}/.{name}.partial"
         with self.fs.open_output_stream(partial) as stream:
             stream.write(data)
-        self._client.mv(partial, target, overwrite=True)
+        self.fsspec.mv(partial, target, overwrite=True)
 
     def move(self, source: str, target: str) -> None:
-        self._client.mv(self._fs_path(source), self._fs_path(target), overwrite=True)
+        self.fsspec.mv(self._fs_path(source), self._fs_path(target), overwrite=True)
 
     def check(self) -> None:
         try:
@@ -457,9 +466,8 @@ def _hdfs_fs(authority: str) -> pafs.FileSystem:
     """``namenode:port`` (or an HA nameservice that HADOOP_CONF_DIR names) as a pyarrow file system."""
     from hdfs_native.fsspec import HdfsFileSystem
 
-    host, _, port = authority.rpartition(":") if ":" in authority else (authority, "", "")
-    client = HdfsFileSystem(host=host, port=int(port)) if port else HdfsFileSystem(host=authority)
-    return pafs.PyFileSystem(pafs.FSSpecHandler(client))
+    split = urllib.parse.urlsplit(f"hdfs://{authority}")
+    return pafs.PyFileSystem(pafs.FSSpecHandler(HdfsFileSystem(host=split.hostname, port=split.port)))
 
 
 def s3a_settings(settings: StoreSettings) -> dict[str, str]:

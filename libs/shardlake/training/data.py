@@ -1,7 +1,6 @@
 """Petastorm input: one Delta snapshot's files, this rank's share, shuffled into tensor-ready batches."""
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -76,10 +75,7 @@ def petastorm_filesystem(urls: Sequence[str], store: StoreSettings):
             client = {"region_name": store.resolved_region(), **({"endpoint_url": endpoint} if endpoint else {})}
             return legacy.S3FSWrapper(s3fs.S3FileSystem(client_kwargs=client))
         if urls[0].startswith("hdfs://"):
-            from hdfs_native.fsspec import HdfsFileSystem
-
-            authority = urllib.parse.urlsplit(urls[0])
-            return _fsspec_wrapper()(HdfsFileSystem(host=authority.hostname, port=authority.port))
+            return _fsspec_wrapper()(store_for(urls[0], store).fsspec)  # the namespace's one client
     return None
 
 
