@@ -4,9 +4,7 @@ from __future__ import annotations
 import os
 
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import pytest
-from deltalake import DeltaTable
 
 from jobs import ingest as ingest_job
 
@@ -18,7 +16,7 @@ CLEAN_IDS = sorted({int(line.split(",")[0]) for line, fate in LINES if fate.star
 @pytest.fixture(scope="module")
 def ingested(s3_server, spark, tmp_path_factory):
     """One run of the ingest job from s3a:// sources (the orders in two objects, the join source in a
-    third) into an s3a:// lake on the test server: (bucket, delta-rs options for the server, the job's args)."""
+    third) into an s3a:// lake on the test server: (bucket, the job's args)."""
     bucket = s3_server.bucket("ingest")
     s3_server.point(spark)
     fs = s3_server.filesystem()
@@ -34,42 +32,36 @@ def ingested(s3_server, spark, tmp_path_factory):
     args = ["--conf", "conf/base.yaml", f"dataset={folder / 'toy.yaml'}", f"lake.root=s3a://{bucket}/lake",
             *s3_server.overrides()]
     assert ingest_job.main(["--run-id", "s3-run", *args]) == 0
-    options = {"AWS_ENDPOINT_URL": s3_server.endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1"}
-    return bucket, options, args
+    return bucket, args
 
 
-def _read(server, bucket: str, options: dict, table: str, columns: list[str]):
-    """The table's current files as delta-rs lists them from the server, read by pyarrow from the server.
-
-    (delta-rs 1.6's own pyarrow dataset of a partitioned table needs a newer pyarrow than the stack's 14.)
-    """
-    files = DeltaTable(f"s3://{bucket}/lake/toy/{table}", storage_options=options).file_uris()
-    return pq.read_table([f.removeprefix("s3://") for f in files], filesystem=server.filesystem(), columns=columns)
+def _read(server, bucket: str, table: str, columns: list[str]):
+    return server.read_delta(f"s3://{bucket}/lake/toy/{table}", columns)
 
 
 def test_the_clean_table_on_s3_holds_the_clean_rows(ingested, s3_server):
-    bucket, options, _ = ingested
-    clean = _read(s3_server, bucket, options, "clean", ["order_id"])
+    bucket, _ = ingested
+    clean = _read(s3_server, bucket, "clean", ["order_id"])
     assert sorted(clean.column("order_id").to_pylist()) == CLEAN_IDS
 
 
 def test_the_quarantine_on_s3_holds_the_rejected_records(ingested, s3_server):
-    bucket, options, _ = ingested
-    raw = _read(s3_server, bucket, options, "quarantine", ["raw"]).column("raw").to_pylist()
+    bucket, _ = ingested
+    raw = _read(s3_server, bucket, "quarantine", ["raw"]).column("raw").to_pylist()
     assert sorted(raw) == sorted(line for line, fate in LINES if not fate.startswith(("clean", "exact duplicate")))
 
 
 def test_the_run_leaves_no_staging_objects_on_the_server(ingested, s3_server):
-    bucket, _, _ = ingested
+    bucket, _ = ingested
     selector = pafs.FileSelector(f"{bucket}/lake/_staging", recursive=True, allow_not_found=True)
     assert [i.path for i in s3_server.filesystem().get_file_info(selector) if i.type == pafs.FileType.File] == []
 
 
-def test_a_rerun_on_s3_commits_nothing(ingested):
-    bucket, options, args = ingested
-    before = DeltaTable(f"s3://{bucket}/lake/toy/clean", storage_options=options).version()
+def test_a_rerun_on_s3_commits_nothing(ingested, s3_server):
+    bucket, args = ingested
+    before = s3_server.delta_table(f"s3://{bucket}/lake/toy/clean").version()
     assert ingest_job.main(["--run-id", "s3-rerun", *args]) == 0
-    assert DeltaTable(f"s3://{bucket}/lake/toy/clean", storage_options=options).version() == before
+    assert s3_server.delta_table(f"s3://{bucket}/lake/toy/clean").version() == before
 
 
 def test_a_missing_bucket_stops_the_job_with_one_line_before_spark(s3_server, tmp_path, capsys):
@@ -86,7 +78,7 @@ def test_a_missing_bucket_stops_the_job_with_one_line_before_spark(s3_server, tm
 
 
 def test_no_object_the_run_wrote_holds_the_secret_key_from_the_environment(ingested, s3_server):
-    bucket, _, _ = ingested
+    bucket, _ = ingested
     secret = os.environ["AWS_SECRET_ACCESS_KEY"].encode()
     fs = s3_server.filesystem()
     written = [i.path for i in fs.get_file_info(pafs.FileSelector(bucket, recursive=True))
