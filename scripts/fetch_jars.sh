@@ -3,7 +3,7 @@
 # that no Spark session resolves packages at start-up: Delta for Spark 3.5, and the S3A connector
 # of pyspark's own Hadoop (hadoop-client-api 3.3.4) with the AWS SDK bundle its POM names
 # (libs/shardlake/session.py: S3A_ARTIFACTS; added to a session only for s3a:// lakes and sources),
-# and, for the tests, Hadoop's HDFS minicluster.
+# OpenLineage's Spark listener, and, for the tests, Hadoop's HDFS minicluster.
 # Usage: scripts/fetch_jars.sh CACHE_DIR
 set -euo pipefail
 dest=${1:?jar cache folder}
@@ -19,6 +19,8 @@ for artifact in "delta-spark_2.12" "delta-storage"; do
 done
 fetch org.apache.hadoop hadoop-aws 3.3.4
 fetch com.amazonaws aws-java-sdk-bundle 1.12.262
+# OpenLineage's Spark listener (spark.extraListeners): lineage events of every Spark job (issue 14).
+fetch io.openlineage openlineage-spark_2.12 1.53.0
 # For the tests only: a real HDFS (MiniDFSCluster) on the same Hadoop 3.3.4 (tests/hdfs_server.py).
 fetch org.apache.hadoop hadoop-client-minicluster 3.3.4
 fetch junit junit 4.13.2

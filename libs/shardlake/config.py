@@ -355,12 +355,47 @@ class InferSettings(_Strict):
     plot_sample_rows: int = Field(default=100000, ge=1, description="rows sampled for the score distribution plot")
 
 
+class PrometheusSettings(_Strict):
+    """Prometheus metrics of every job: a node-exporter textfile under the run folder always, and a push
+    to a Pushgateway when ``pushgateway_url`` is set (batch jobs end before any scrape)."""
+
+    pushgateway_url: str | None = Field(default=None, description="e.g. http://127.0.0.1:9091; None: no push")
+    push_timeout_s: float = Field(default=5.0, gt=0, description="a push that takes longer is a warning, not a failure")
+
+
+class LineageSettings(_Strict):
+    """OpenLineage events of every job (Spark's listener, and the jobs' own events where it sees nothing)."""
+
+    enabled: bool = True
+    namespace: str = Field(default="shardlake", description="the OpenLineage job namespace")
+
+
+class MlflowSettings(_Strict):
+    """MLflow tracking and model registry."""
+
+    tracking_uri: str | None = Field(default=None, description=(
+        "None: the embedded store under the lake root (SQLite and an artifact folder); any MLflow tracking URI"))
+    alias: str = Field(default="champion", description="the registered-model alias the gate moves to a promoted model")
+
+
+class MonitoringSettings(_Strict):
+    """What operators see: metrics, lineage, experiment tracking, live progress. Not part of a model's
+    identity (``AppConfig.fingerprint`` leaves it out): where a run reports does not change what it computes."""
+
+    prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
+    lineage: LineageSettings = Field(default_factory=LineageSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    progress: Literal["auto", "always", "never"] = Field(default="auto", description=(
+        "progress bars per Spark stage: auto = on a terminal only (logs get one line per step)"))
+
+
 class AppConfig(_Strict):
     spark: SparkSettings = Field(default_factory=SparkSettings)
     lake: LakeSettings = Field(default_factory=LakeSettings)
     dataset: DatasetSpec
     train: TrainSettings = Field(default_factory=TrainSettings)
     infer: InferSettings = Field(default_factory=InferSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     @model_validator(mode="after")
     def _elastic_can_be_retried(self) -> "AppConfig":
@@ -379,8 +414,11 @@ class AppConfig(_Strict):
         return _redact(self.model_dump(mode="json"))
 
     def fingerprint(self) -> str:
-        """Short stable hash of the whole configuration, recorded on model cards."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """Short stable hash of the configuration that decides what a run computes, recorded on model cards.
+
+        ``monitoring`` is left out: a Pushgateway address or a tracking URI does not change a model.
+        """
+        blob = json.dumps(self.model_dump(mode="json", exclude={"monitoring"}), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
