@@ -10,6 +10,7 @@ from pathlib import Path
 
 from shardlake.config import AppConfig, ConfigError, load_config
 from shardlake.lake import Lake
+from shardlake.ops.progress import JobProgress, is_live
 from shardlake.session import build_session
 from shardlake.storage import StorageError, is_url
 
@@ -87,3 +88,8 @@ def start(config: AppConfig):
                           object_store=needs_object_store(config))
     spark.sparkContext.setLogLevel("WARN")
     return spark, lake
+
+
+def progress(config: AppConfig, spark, job: str, console) -> JobProgress:
+    """The job's live display: bars per running Spark stage on a terminal, one line per step in a log."""
+    return JobProgress(job, console, is_live(config.monitoring.progress, console), spark.sparkContext.statusTracker())

@@ -31,9 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     spark, lake = common.start(config)
     try:
-        with console.status("inference") as status:
+        with common.progress(config, spark, "inference", console) as shown:
             report = run_infer(spark, lake, config, args.logical_date, args.model_version, args.table_version,
-                               progress=lambda m: status.update(f"inference: {m}"), incremental=args.incremental,
+                               progress=shown.step, incremental=args.incremental,
                                quantize_model=args.quantize, reuse_interval=args.reuse_interval)
     except InferenceError as err:
         console.print(f"[red]inference failed:[/red] {err}")

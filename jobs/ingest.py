@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.rebuild_layout:
         return _rebuild(spark, lake, config, console)
     try:
-        with console.status("ingest") as status:
+        with common.progress(config, spark, "ingest", console) as shown:
             report = run_ingest(spark, lake, config.dataset, run_id, common.base_dir(args), args.mode,
-                                args.optimize, progress=lambda msg: status.update(f"ingest: {msg}"), interval=interval)
+                                args.optimize, progress=shown.step, interval=interval)
     except IngestError as err:
         console.print(f"[red]ingest failed:[/red] {err}")
         return 1

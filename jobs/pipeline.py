@@ -31,14 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict[str, float] = {}
 
     started = time.monotonic()
-    with console.status("ingest") as status:
+    with common.progress(config, spark, "ingest", console) as shown:
         ingest = run_ingest(spark, lake, config.dataset, f"pipeline-{logical_date}", common.base_dir(args),
-                            progress=lambda m: status.update(f"ingest: {m}"), interval=interval)
+                            progress=shown.step, interval=interval)
     timings["ingest"] = time.monotonic() - started
     print_ingest(ingest, console)
 
     started = time.monotonic()
-    _, card = train.fit(spark, lake, config, code_version(), log=console.print, table_version=ingest.table_version)
+    with common.progress(config, spark, "training", console) as shown:
+        _, card = train.fit(spark, lake, config, code_version(), log=console.print, table_version=ingest.table_version,
+                            progress=shown)
     gate = run_gate(spark, lake, config.dataset, config.train, card["model_version"], config.infer.batch_size)
     timings["train"] = time.monotonic() - started
     console.print(f"model {card['model_version']}: validation {card['metric_name']} {card['validation_metric']:.4f}, "
@@ -50,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"({gate.reason}) and there is no production model")
         return 1
     started = time.monotonic()
-    with console.status("inference") as status:
+    with common.progress(config, spark, "inference", console) as shown:
         # The model the gate left in production (a refused candidate does not score), on the version ingested.
         report = run_infer(spark, lake, config, logical_date, model_version=gate.serving_version,
-                           table_version=ingest.table_version, progress=lambda m: status.update(f"inference: {m}"))
+                           table_version=ingest.table_version, progress=shown.step)
     timings["infer"] = time.monotonic() - started
     print_infer(report, console)
 

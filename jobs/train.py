@@ -27,8 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     spark, lake = common.start(config)
     try:
-        _, card = train.fit(spark, lake, config, code_version(), args.run_id, log=console.print,
-                            table_version=args.table_version)
+        with common.progress(config, spark, "training", console) as shown:
+            _, card = train.fit(spark, lake, config, code_version(), args.run_id, log=console.print,
+                                table_version=args.table_version, progress=shown)
     except train.TrainingError as err:
         console.print(f"[red]training failed:[/red] {err}")
         return 1

@@ -16,7 +16,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from shardlake.config import AppConfig, TrainSettings
 from shardlake.folders import Folder
 from shardlake.lake import Lake
 from shardlake.models.tabular import SPEC_FILE, WEIGHTS_FILE, ModelSpec, weights_digest
+from shardlake.ops.progress import JobProgress
 from shardlake.scoring import ModelMismatchError, TabularModel, load_registered
 from shardlake.session import guard_py4j_against_forks
 from shardlake.stages.ingest import feature_stats_for
@@ -266,7 +267,8 @@ def _run_backend(config: AppConfig, job: TrainJob) -> list[dict]:
     return _run_torch_distributor(job, config.train.num_proc)
 
 
-def _train(config: AppConfig, p: TrainPlan, log: Callable[[str], None] = print) -> dict:
+def _train(config: AppConfig, p: TrainPlan, log: Callable[[str], None] = print,
+           progress: JobProgress | None = None) -> dict:
     """Run the configured backend on the plan's job; rank 0's result, with the restarts it took.
 
     A failed stage (a rank or executor lost: every rank of the barrier stage stops) is started again
@@ -276,7 +278,8 @@ def _train(config: AppConfig, p: TrainPlan, log: Callable[[str], None] = print) 
     errors: list[str] = []
     while True:
         try:
-            results = _run_backend(config, p.job)
+            with progress.training(p.job.folder, config.train.epochs) if progress else nullcontext():
+                results = _run_backend(config, p.job)
             break
         except Exception as err:  # Horovod/Spark wrap worker errors; keep the cause readable
             cause = " ".join(str(err).split())[:800]
@@ -296,13 +299,14 @@ def fit(spark: SparkSession, lake: Lake, config: AppConfig, code_version: str = 
         run_id: str | None = None, fail_after_epoch: int | None = None,
         log: Callable[[str], None] = print, kill_after_epoch: int | None = None,
         table_version: int | None = None, kill_during_epoch: int | None = None,
-        kill_at_step: int = 1) -> tuple[TabularModel, dict]:
+        kill_at_step: int = 1, progress: JobProgress | None = None) -> tuple[TabularModel, dict]:
     """Train on one table version with the configured backend; write model, card, curve; register it.
 
     Re-running with the same run id resumes from the run folder's last checkpoint; re-running a run
     the registry already holds returns its model and card untouched (no training, no registration).
     ``fail_after_epoch``/``kill_after_epoch``/``kill_during_epoch`` inject a failure (tests of recovery);
-    a failed training stage is started again up to train.max_restarts times (``_train``).
+    a failed training stage is started again up to train.max_restarts times (``_train``). ``progress``:
+    the job's live display, which shows rank 0's epoch, step and samples/s while the ranks train.
     """
     started = time.monotonic()
     p = plan(spark, lake, config, run_id, fail_after_epoch, kill_after_epoch, code_version, table_version,
@@ -318,7 +322,7 @@ def fit(spark: SparkSession, lake: Lake, config: AppConfig, code_version: str = 
         log(f"training {p.model_version} on {p.table_path}@v{p.table_version} ({len(p.job.train_files)} train "
             f"files, backend {config.train.backend}, {config.train.num_proc} processes, code {code_version})")
         _check_resumable(p, log)
-        rank0 = _train(config, p, log)
+        rank0 = _train(config, p, log, progress)
         for name in (WEIGHTS_FILE, SPEC_FILE):
             run_dir.copy(f"{BEST_DIR}/{name}", name)
         card = _card(config, p, rank0, time.monotonic() - started, weights_digest(run_dir))

@@ -21,6 +21,7 @@ import torch
 
 from shardlake.folders import Folder
 from shardlake.models.tabular import WEIGHTS_FILE, ModelSpec, build_model, default_device, load_model, save_model
+from shardlake.ops.progress import TrainingTicker
 from shardlake.training.checkpoint import load_checkpoint, save_checkpoint
 from shardlake.training.comm import Comm, HorovodComm
 from shardlake.training.data import Batch, LoaderOptions, batches, shard_for
@@ -216,11 +217,13 @@ def _train_epoch(run: Run, comm: Comm, epoch: int) -> tuple[float, int]:
     stream = part_batches(run.job, run.spec, epoch, comm.rank, comm.size)
     # Summed on the device: reading the loss every step would synchronise a GPU every step.
     total_loss, total_rows = torch.zeros((), dtype=torch.float64, device=run.device), 0
+    run.ticker.start_epoch()
     for step, batch in enumerate(lockstep(stream, comm), start=1):
         loss, rows = train_step(run, batch)
         kill_mid_epoch(run.job, comm, epoch, step)
         total_loss += loss
         total_rows += rows
+        run.ticker.tick(epoch, step, total_rows)
     sums = comm.allreduce_sum(np.array([float(total_loss), total_rows], dtype=np.float64))
     return float(sums[0] / max(sums[1], 1)), int(sums[1])
 
@@ -264,6 +267,8 @@ class Run:
     best: dict = field(default_factory=lambda: {"epoch": -1, "value": None})
     start_epoch: int = 0
     resumed_from: int | None = None
+    # Rank 0's live position, for the driver's progress bar (other ranks' ticker writes nothing).
+    ticker: TrainingTicker = field(default_factory=lambda: TrainingTicker(None, 0, 1))
 
     def loss_target(self, target: torch.Tensor) -> torch.Tensor:
         return self.model.loss_target(target)
@@ -283,7 +288,8 @@ def start_run(job: TrainJob, comm: Comm, log=print) -> Run:
     learning_rate = effective_learning_rate(job.learning_rate, job.lr_scaling, comm.size)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     train_model, optimizer = comm.distribute(model, optimizer)
-    run = Run(job, spec, device, model, optimizer, train_model, _loss_fn(spec.kind), job.fingerprint())
+    run = Run(job, spec, device, model, optimizer, train_model, _loss_fn(spec.kind), job.fingerprint(),
+              ticker=TrainingTicker(job.folder if comm.rank == 0 else None, job.epochs, comm.size))
     checkpoint = load_checkpoint(job.folder, run.fingerprint, job.code_version)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])

@@ -1,0 +1,1 @@
+"""What operators see of a run: live progress, metrics, lineage, experiment tracking."""
