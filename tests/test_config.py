@@ -131,3 +131,10 @@ def test_the_refusal_of_an_endpoint_with_credentials_does_not_repeat_them():
     with pytest.raises(ConfigError) as refused:
         load_config([BASE], ["lake.root=s3a://bucket/lake", "lake.endpoint=http://key:hunter2@127.0.0.1:9000"])
     assert "hunter2" not in str(refused.value) and "key:" not in str(refused.value)
+
+
+def test_a_spark_setting_given_as_a_number_is_taken_as_spark_reads_it():
+    config = load_config([BASE], ["spark.settings.spark.sql.shuffle.partitions=4",
+                                  "spark.settings.spark.sql.adaptive.enabled=false"])
+    assert (config.spark.settings["spark.sql.shuffle.partitions"],
+            config.spark.settings["spark.sql.adaptive.enabled"]) == ("4", "false")

@@ -228,6 +228,19 @@ class SparkSettings(_Strict):
     app_name: str = "shardlake"
     settings: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("settings", mode="before")
+    @classmethod
+    def _as_spark_reads_them(cls, settings: Any) -> Any:
+        """Spark settings are text: a number or a boolean from YAML or a ``key=value`` override (``...partitions=4``,
+        ``...enabled=false``) is the text Spark would read, not a type error."""
+        if not isinstance(settings, dict):
+            return settings
+        def text(value: Any) -> Any:
+            if isinstance(value, bool):
+                return str(value).lower()
+            return str(value) if isinstance(value, (int, float)) else value
+        return {key: text(value) for key, value in settings.items()}
+
 
 class LakeSettings(_Strict):
     """Where the lake is: a local folder, ``s3a://bucket/prefix`` on an S3-compatible store, or

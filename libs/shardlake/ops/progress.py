@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn,
-                           TimeElapsedColumn)
+from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Task, TaskID, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,20 @@ def read_training_state(folder) -> TrainingState | None:
         return None
 
 
+class _Bar(BarColumn):
+    """A bar for what has a total (a stage's tasks, training's epochs); none under the step line."""
+
+    def render(self, task: Task):
+        return Text("") if task.total is None else super().render(task)
+
+
+class _Count(ProgressColumn):
+    """``done/total`` for what has a total; nothing for the step line."""
+
+    def render(self, task: Task) -> Text:
+        return Text("" if task.total is None else f"{int(task.completed)}/{int(task.total)}")
+
+
 class JobProgress:
     """What a job shows while it works. Use as a context manager; ``step`` is the stages' ``progress`` callback.
 
@@ -128,8 +142,8 @@ class JobProgress:
 
     def __enter__(self) -> "JobProgress":
         if self.live:
-            self._bars = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                                  MofNCompleteColumn(), TimeElapsedColumn(), console=self.console, transient=True)
+            self._bars = Progress(SpinnerColumn(), TextColumn("{task.description}"), _Bar(), _Count(),
+                                  TimeElapsedColumn(), console=self.console, transient=True)
             self._bars.start()
             self._step_task = self._bars.add_task(self.job, total=None)
             if self.status_tracker is not None:
@@ -194,7 +208,8 @@ class JobProgress:
         for stage_id in [s for s in self._stage_tasks if s not in running]:
             self._bars.remove_task(self._stage_tasks.pop(stage_id))
         for stage_id, stage in running.items():
-            label = f"  stage {stage_id} ({stage.name.split(' at ')[0][:40]})"
             if stage_id not in self._stage_tasks:
-                self._stage_tasks[stage_id] = self._bars.add_task(label, total=stage.tasks)
+                # Spark's stage names are call sites ("save at NativeMethodAccessorImpl.java:0"): the
+                # step line above says what the stage is for.
+                self._stage_tasks[stage_id] = self._bars.add_task(f"  Spark stage {stage_id}", total=stage.tasks)
             self._bars.update(self._stage_tasks[stage_id], completed=stage.done, total=stage.tasks)
