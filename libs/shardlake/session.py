@@ -27,6 +27,9 @@ _DELTA_SETTINGS = {
     "spark.databricks.delta.snapshotPartitions": "4",
     # Progress is shown by the jobs themselves; Spark's bar would interleave with it.
     "spark.ui.showConsoleProgress": "false",
+    # The ingest's plans are wide (raw text, typed columns, rule flags): at the default of 25 fields Spark
+    # warns once per session that it truncated a plan's description, in the middle of the progress bars.
+    "spark.sql.debug.maxToStringFields": "200",
 }
 
 
