@@ -1,0 +1,1 @@
+"""Operating shardlake with the tools its users already run: metrics, lineage, tracking."""
