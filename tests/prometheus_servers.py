@@ -17,9 +17,10 @@ from pathlib import Path
 
 from cluster import free_port
 
-PUSHGATEWAY = "/usr/bin/prometheus-pushgateway"
-PROMETHEUS = "/usr/bin/prometheus"
-PROMTOOL = "/usr/bin/promtool"
+# Debian's packages install them here (scripts/install_servers.sh); PATH wins where they are elsewhere.
+PUSHGATEWAY = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 
 def _get(url: str, timeout: float = 2.0) -> bytes:
