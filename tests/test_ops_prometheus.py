@@ -19,6 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from jobs import ingest as ingest_job
 from shardlake.config import PrometheusSettings
+from shardlake.folders import Folder
+from shardlake.lake import Lake
 from shardlake.ops import prometheus as P
 from shardlake.stages.ingest_report import IngestReport
 
@@ -142,6 +144,15 @@ def test_a_push_to_a_closed_port_is_one_warning_without_credentials_and_the_text
     assert "s3cret" not in caplog.text and "operator" not in caplog.text
     assert written == str(tmp_path / "run" / "metrics.prom")
     assert samples((tmp_path / "run" / "metrics.prom").read_text()) == samples(registry)
+
+
+def test_the_textfile_of_a_lake_on_s3_is_an_object_in_the_runs_area(s3_server):
+    lake = Lake.at(f"s3a://{s3_server.bucket('metrics')}/lake", s3_server.settings)
+    report = IngestReport(run_id="nightly 2024/01/05", dataset="toy", rows_read=3, clean_rows=3, seconds=1.0)
+    registry = P.ingest_metrics(report, FINISHED)
+    written = P.export(registry, P.run_folder(lake, "toy", "ingest", report.run_id), PrometheusSettings())
+    assert written == f"{lake.root}/_runs/toy/ingest/nightly_2024_01_05/metrics.prom"
+    assert samples(Folder(written.rsplit("/", 1)[0], s3_server.settings).read_text("metrics.prom")) == samples(registry)
 
 
 def test_the_alert_rules_pass_promtool_check():
