@@ -166,27 +166,32 @@ def export(registry: CollectorRegistry, folder: Folder | str, settings: Promethe
     return location
 
 
-# What the jobs call once after success: the run's metrics into its run folder (and the gateway).
+# What the jobs call once after success.
 def export_ingest(report, lake, settings: PrometheusSettings) -> str | None:
+    """An ingest run's metrics into ``_runs/<dataset>/ingest/<run id>`` (and the gateway)."""
     return export(ingest_metrics(report, now()), run_folder(lake, report.dataset, "ingest", report.run_id), settings)
 
 
 def export_train(card: Mapping, lake, settings: PrometheusSettings) -> str | None:
+    """A training run's metrics into its model folder, beside the card (and the gateway)."""
     return export(train_metrics(card, now()), Folder(card["model_dir"], lake.store.settings), settings)
 
 
 def export_promote(decision, dataset: str, seconds: float | None, lake, settings: PrometheusSettings) -> str | None:
+    """A gate decision's metrics into ``_runs/<dataset>/promote/<model version>`` (and the gateway)."""
     return export(promote_metrics(decision, dataset, seconds, now()),
                   run_folder(lake, dataset, "promote", decision.model_version), settings)
 
 
 def export_infer(report, dataset: str, lake, settings: PrometheusSettings) -> str | None:
+    """An inference run's metrics into its run folder, beside report.json (and the gateway)."""
     folder = report.run_dir or run_folder(lake, dataset, "infer", f"{report.logical_date}_v{report.source_version}")
     return export(infer_metrics(report, dataset, now()), Folder.of(folder, lake.store.settings), settings)
 
 
 def export_pipeline(dataset: str, stage_seconds: Mapping[str, float], run: str, lake,
                     settings: PrometheusSettings) -> str | None:
+    """The pipeline's own metrics (seconds per stage) into ``_runs/<dataset>/pipeline/<logical date>``."""
     return export(pipeline_metrics(dataset, stage_seconds, now()), run_folder(lake, dataset, "pipeline", run),
                   settings)
 
