@@ -16,7 +16,7 @@ export PYTHONWARNINGS ?= ignore::FutureWarning,ignore::DeprecationWarning
 STAMP := $(VENV)/.installed
 INSTALL_INPUTS := constraints.txt requirements.txt requirements-dev.txt setup.py scripts/build_horovod.sh scripts/fetch_jars.sh
 
-.PHONY: install demo test test-fast reliability clean-lake bench help airflow-install airflow
+.PHONY: install servers demo test test-fast reliability clean-lake bench help airflow-install airflow
 
 help:
 	@echo "make demo   run ingest -> train -> infer on the flights data into ./lake"
@@ -55,13 +55,17 @@ airflow: install airflow-install   # scheduler + UI on http://localhost:8080
 demo: install
 	$(VENV)/bin/shardlake-pipeline --conf conf/base.yaml --logical-date $(DEMO_DATE)
 
-test: install airflow-install
+# Debian's Prometheus, promtool and Pushgateway, which the metrics tests start on loopback (idempotent).
+servers:
+	scripts/install_servers.sh
+
+test: install airflow-install servers
 	$(VENV)/bin/pytest
 
-test-fast: install airflow-install
+test-fast: install airflow-install servers
 	$(VENV)/bin/pytest -m "not slow"
 
-reliability: install airflow-install
+reliability: install airflow-install servers
 	$(VENV)/bin/pytest -m reliability
 
 bench: install

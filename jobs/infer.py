@@ -6,6 +6,7 @@ import json
 from rich.console import Console
 
 from jobs import common
+from shardlake.ops import prometheus
 from shardlake.reporting import print_infer
 from shardlake.stages.infer import InferenceError, run_infer
 
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     except InferenceError as err:
         console.print(f"[red]inference failed:[/red] {err}")
         return 1
+    prometheus.export_infer(report, config.dataset.name, lake, config.monitoring.prometheus)
     common.write_result(args, _result(report))
     if args.json:
         print(json.dumps(report.to_dict(), default=str))

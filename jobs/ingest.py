@@ -10,6 +10,7 @@ from jobs import common
 from shardlake.delta_io import SchemaChangeError
 from shardlake.intervals import DataInterval, IntervalError
 from shardlake.layout import LayoutChangeError, RebuildError
+from shardlake.ops import prometheus
 from shardlake.reporting import print_ingest
 from shardlake.sources import SourceError
 from shardlake.stages.ingest import IngestError, for_interval, rebuild_layout, run_ingest
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]ingest refused:[/red] {err}")
         return 2
     common.write_result(args, report.to_dict())
+    prometheus.export_ingest(report, lake, config.monitoring.prometheus)
     if args.json:
         print(json.dumps(report.to_dict(), default=str))
     else:

@@ -9,6 +9,7 @@ from rich.table import Table
 from jobs import common
 from jobs.versioning import code_version
 from shardlake.intervals import DataInterval
+from shardlake.ops import prometheus
 from shardlake.reporting import print_infer, print_ingest
 from shardlake.stages import train
 from shardlake.stages.gate import run_gate
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         ingest = run_ingest(spark, lake, config.dataset, f"pipeline-{logical_date}", common.base_dir(args),
                             progress=shown.step, interval=interval)
     timings["ingest"] = time.monotonic() - started
+    metrics = config.monitoring.prometheus
+    prometheus.export_ingest(ingest, lake, metrics)
     print_ingest(ingest, console)
 
     started = time.monotonic()
@@ -43,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                             progress=shown)
     gate = run_gate(spark, lake, config.dataset, config.train, card["model_version"], config.infer.batch_size)
     timings["train"] = time.monotonic() - started
+    prometheus.export_train(card, lake, metrics)
+    prometheus.export_promote(gate, config.dataset.name, None, lake, metrics)
     console.print(f"model {card['model_version']}: validation {card['metric_name']} {card['validation_metric']:.4f}, "
                   f"test {card['test_metrics']}; promoted to production: {gate.promoted} ({gate.reason})")
     console.print(f"training curve: {card['model_dir']}/training_curve.png")
@@ -57,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         report = run_infer(spark, lake, config, logical_date, model_version=gate.serving_version,
                            table_version=ingest.table_version, progress=shown.step)
     timings["infer"] = time.monotonic() - started
+    prometheus.export_infer(report, config.dataset.name, lake, metrics)
+    prometheus.export_pipeline(config.dataset.name, timings, logical_date, lake, metrics)
     print_infer(report, console)
 
     table = Table(title="pipeline seconds per stage")

@@ -10,12 +10,14 @@ better than production, or no such model), 1 could not decide (nothing trained f
 from __future__ import annotations
 
 import json
+import time
 
 from rich.console import Console
 
 from jobs import common
 from jobs.versioning import code_version
 from shardlake import registry
+from shardlake.ops import prometheus
 from shardlake.stages.gate import run_gate
 
 REFUSED = 3
@@ -39,12 +41,15 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]gate:[/red] no model trained for this configuration of {config.dataset.name!r} "
                       f"in {lake.registry()}; run the train job first")
         return 1
+    started = time.monotonic()
     try:
         decision = run_gate(spark, lake, config.dataset, config.train, model_version, config.infer.batch_size,
                             args.judge_again)
     except registry.PromotionError as err:
         console.print(f"[red]gate: not promoted:[/red] {err}")
         return REFUSED
+    prometheus.export_promote(decision, config.dataset.name, time.monotonic() - started, lake,
+                              config.monitoring.prometheus)
     common.write_result(args, decision.to_dict())
     print(json.dumps(decision.to_dict(), default=str) if args.json else json.dumps(decision.to_dict(), indent=2,
                                                                                     default=str))

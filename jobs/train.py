@@ -7,6 +7,7 @@ from rich.console import Console
 
 from jobs import common
 from jobs.versioning import code_version
+from shardlake.ops import prometheus
 from shardlake.stages import train
 from shardlake.stages.gate import run_gate
 
@@ -33,9 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     except train.TrainingError as err:
         console.print(f"[red]training failed:[/red] {err}")
         return 1
+    prometheus.export_train(card, lake, config.monitoring.prometheus)
     result = train.summary(card)
     if args.promote:
         decision = run_gate(spark, lake, config.dataset, config.train, card["model_version"], config.infer.batch_size)
+        prometheus.export_promote(decision, config.dataset.name, None, lake, config.monitoring.prometheus)
         result.update(promoted=decision.promoted, gate=decision.to_dict())
     common.write_result(args, result)
     print(json.dumps(result, default=str) if args.json else json.dumps(result, indent=2, default=str))

@@ -5,6 +5,7 @@ Real Spark, real delta-spark tables, real Petastorm and real Horovod (2 Gloo pro
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -96,3 +97,34 @@ def test_rerunning_inference_writes_nothing_twice(spark, pipeline):
     assert infer_job.main(["--logical-date", "2024-01-03", *pipeline["overrides"]]) == 0
     after = delta_io.read_version(spark, path).drop("logical_date").collect()
     assert sorted(after) == sorted(before)
+
+
+def _job_figures(path) -> dict[str, float]:
+    """A job's Prometheus textfile: {name: value} of its series labelled by job and dataset only, and the
+    per-epoch loss as {epoch: value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = [s for family in text_string_to_metric_families(path.read_text()) for s in family.samples]
+    figures = {s.name: s.value for s in samples if set(s.labels) == {"job", "dataset"}}
+    figures["loss"] = {int(s.labels["epoch"]): s.value for s in samples if s.name == "shardlake_train_epoch_loss"}
+    return figures
+
+
+def test_each_job_leaves_its_prometheus_textfile_with_its_own_figures(spark, pipeline):
+    lake = pipeline["lake"]
+    root = Path(lake.root)
+    run = delta_io.read_version(spark, lake.table("flights", "ingest_runs")).where(F.col("run_id") == "it-1").first()
+    card = registry.production_model(spark, lake.registry(), "flights")
+    on_disk = json.loads((lake.model_dir("flights", card["model_version"]) / "card.json").read_text())
+    infer_dir = next((root / "flights" / "inference_runs").glob("*/2024-01-02_v*"))
+    ingest = _job_figures(root / "_runs" / "flights" / "ingest" / "it-1" / "metrics.prom")
+    train = _job_figures(lake.model_dir("flights", card["model_version"]) / "metrics.prom")
+    promote = _job_figures(root / "_runs" / "flights" / "promote" / card["model_version"] / "metrics.prom")
+    infer = _job_figures(infer_dir / "metrics.prom")
+    assert (ingest["shardlake_ingest_rows_read"], ingest["shardlake_ingest_rows_clean"]) == (
+        run["rows_read"], run["clean_rows"])
+    assert (train["shardlake_train_epochs_run"], train["loss"]) == (
+        2, {h["epoch"]: h["train_loss"] for h in on_disk["history"]})
+    assert promote["shardlake_promote_promoted"] == 1
+    assert infer["shardlake_infer_rows_scored"] == json.loads((infer_dir / "report.json").read_text())[
+        "rows_scored"] == delta_io.read_version(spark, lake.table("flights", "clean")).count()

@@ -369,8 +369,9 @@ class InferSettings(_Strict):
 
 
 class PrometheusSettings(_Strict):
-    """Prometheus metrics of every job: a node-exporter textfile under the run folder always, and a push
-    to a Pushgateway when ``pushgateway_url`` is set (batch jobs end before any scrape)."""
+    """Prometheus metrics of every job (``shardlake.ops.prometheus``): a node-exporter textfile,
+    ``metrics.prom``, in the run folder always, and a push to a Pushgateway when ``pushgateway_url`` is
+    set (batch jobs end before any scrape), grouped by job and dataset. A failed push is a warning."""
 
     pushgateway_url: str | None = Field(default=None, description="e.g. http://127.0.0.1:9091; None: no push")
     push_timeout_s: float = Field(default=5.0, gt=0, description="a push that takes longer is a warning, not a failure")

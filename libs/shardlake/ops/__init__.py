@@ -1,1 +1,1 @@
-"""What operators see of a run: live progress, metrics, lineage, experiment tracking."""
+"""What operators see of a run: live progress, Prometheus metrics, lineage, experiment tracking."""
