@@ -7,6 +7,7 @@ from rich.console import Console
 
 from jobs import common
 from jobs.versioning import code_version
+from shardlake.ops import lineage
 from shardlake.stages import train
 from shardlake.stages.gate import run_gate
 
@@ -26,12 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     config = common.load(args)
     console = Console()
     spark, lake = common.start(config)
+    run = lineage.JobRun.begin(spark, config.monitoring.lineage, lake.root, f"train.{config.dataset.name}")
     try:
         _, card = train.fit(spark, lake, config, code_version(), args.run_id, log=console.print,
                             table_version=args.table_version)
     except train.TrainingError as err:
+        run.fail(err)
         console.print(f"[red]training failed:[/red] {err}")
         return 1
+    run.complete(*lineage.training_datasets(lake, config.dataset.name, card))
     result = train.summary(card)
     if args.promote:
         decision = run_gate(spark, lake, config.dataset, config.train, card["model_version"], config.infer.batch_size)

@@ -133,7 +133,7 @@ def test_schedule_start_catchup_retries_and_params_are_explicit(dagbag):
 
 def test_tasks_submit_the_projects_jobs_with_its_spark_and_delta_jars(dagbag):
     from jobs import promote
-    from shardlake.session import DELTA_ARTIFACTS, DELTA_VERSION
+    from shardlake.session import DELTA_ARTIFACTS, DELTA_VERSION, OPENLINEAGE_ARTIFACT
 
     tasks = dagbag["dags"][DAG_ID]["tasks"]
     jobs = JOB_TASKS
@@ -143,7 +143,8 @@ def test_tasks_submit_the_projects_jobs_with_its_spark_and_delta_jars(dagbag):
         assert Path(task["application"]).is_file()
         assert task["spark_binary"] == str(REPO / ".venv" / "bin" / "spark-submit")
         assert task["env_vars"]["PYSPARK_PYTHON"] == str(REPO / ".venv" / "bin" / "python")
-        assert [Path(j).name for j in task["jars"].split(",")] == [f"{a}-{DELTA_VERSION}.jar" for a in DELTA_ARTIFACTS]
+        assert [Path(j).name for j in task["jars"].split(",")] == [
+            *[f"{a}-{DELTA_VERSION}.jar" for a in DELTA_ARTIFACTS], "-".join(OPENLINEAGE_ARTIFACT[1:]) + ".jar"]
         assert task["conn_id"] == "spark_local"
     assert tasks["gate"]["refused_exit_code"] == promote.REFUSED
 

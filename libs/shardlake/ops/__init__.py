@@ -1,0 +1,1 @@
+"""Operating the platform: lineage, metrics and other reporting channels of the jobs."""
