@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         run.fail(err)
         console.print(f"[red]inference failed:[/red] {err}")
         return 1
-    run.complete(*lineage.inference_datasets(lake, config.dataset.name, report))
+    run.complete(lambda: lineage.inference_datasets(lake, config.dataset.name, report))
     common.write_result(args, _result(report))
     if args.json:
         print(json.dumps(report.to_dict(), default=str))

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         run.fail(err)
         console.print(f"[red]ingest refused:[/red] {err}")
         return 2
-    run.complete(*lineage.ingest_datasets(lake, config.dataset, common.base_dir(args), interval, report))
+    run.complete(lambda: lineage.ingest_datasets(lake, config.dataset, common.base_dir(args), interval, report))
     common.write_result(args, report.to_dict())
     if args.json:
         print(json.dumps(report.to_dict(), default=str))

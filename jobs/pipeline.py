@@ -36,14 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     with console.status("ingest") as status:
         ingest = run_ingest(spark, lake, config.dataset, f"pipeline-{logical_date}", common.base_dir(args),
                             progress=lambda m: status.update(f"ingest: {m}"), interval=interval)
-    run.complete(*lineage.ingest_datasets(lake, config.dataset, common.base_dir(args), interval, ingest))
+    run.complete(lambda: lineage.ingest_datasets(lake, config.dataset, common.base_dir(args), interval, ingest))
     timings["ingest"] = time.monotonic() - started
     print_ingest(ingest, console)
 
     started = time.monotonic()
     run = lineage.JobRun.begin(spark, config.monitoring.lineage, lake.root, f"train.{config.dataset.name}")
     _, card = train.fit(spark, lake, config, code_version(), log=console.print, table_version=ingest.table_version)
-    run.complete(*lineage.training_datasets(lake, config.dataset.name, card))
+    run.complete(lambda: lineage.training_datasets(lake, config.dataset.name, card))
     gate = run_gate(spark, lake, config.dataset, config.train, card["model_version"], config.infer.batch_size)
     timings["train"] = time.monotonic() - started
     console.print(f"model {card['model_version']}: validation {card['metric_name']} {card['validation_metric']:.4f}, "
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         # The model the gate left in production (a refused candidate does not score), on the version ingested.
         report = run_infer(spark, lake, config, logical_date, model_version=gate.serving_version,
                            table_version=ingest.table_version, progress=lambda m: status.update(f"inference: {m}"))
-    run.complete(*lineage.inference_datasets(lake, config.dataset.name, report))
+    run.complete(lambda: lineage.inference_datasets(lake, config.dataset.name, report))
     timings["infer"] = time.monotonic() - started
     print_infer(report, console)
 

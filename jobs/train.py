@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         run.fail(err)
         console.print(f"[red]training failed:[/red] {err}")
         return 1
-    run.complete(*lineage.training_datasets(lake, config.dataset.name, card))
+    run.complete(lambda: lineage.training_datasets(lake, config.dataset.name, card))
     result = train.summary(card)
     if args.promote:
         decision = run_gate(spark, lake, config.dataset, config.train, card["model_version"], config.infer.batch_size)

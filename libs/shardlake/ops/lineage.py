@@ -19,7 +19,7 @@ import datetime as dt
 import logging
 import os
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from openlineage.client import OpenLineageClient
@@ -172,8 +172,16 @@ class JobRun:
         run._emit(RunState.START, list(inputs), [])
         return run
 
-    def complete(self, inputs: Iterable[InputDataset], outputs: Iterable[OutputDataset]) -> None:
-        """Emit COMPLETE with what the job read and wrote."""
+    def complete(self, datasets: Callable[[], tuple[Iterable[InputDataset], Iterable[OutputDataset]]]) -> None:
+        """Emit COMPLETE with what the job read and wrote: ``datasets()`` (called only when lineage is on; a
+        failure there, such as a source gone since, is a warning and an event without datasets)."""
+        if self.client is None:
+            return
+        try:
+            inputs, outputs = datasets()
+        except Exception as err:  # noqa: BLE001 - lineage must never stop a job
+            log.warning("lineage: datasets of %s not named (%s: %s)", self.name, type(err).__name__, err)
+            inputs, outputs = [], []
         self._emit(RunState.COMPLETE, list(inputs), list(outputs))
 
     def fail(self, error: BaseException | str) -> None:
