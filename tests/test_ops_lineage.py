@@ -179,3 +179,11 @@ def test_datasets_that_cannot_be_named_still_end_the_run_with_one_warning(tmp_pa
         ("START", run.run_id, []), ("COMPLETE", run.run_id, [])]
     assert [r.getMessage() for r in caplog.records] == [
         "lineage: datasets of ingest.toy not named (FileNotFoundError: /data/a.csv)"]
+
+
+def test_a_failed_job_ends_its_run_with_the_errors_first_line(tmp_path):
+    run = lineage.JobRun.begin(None, LineageSettings(location=str(tmp_path)), str(tmp_path), "train.toy")
+    run.fail(RuntimeError("training run failed: rank 1 lost\nTraceback (most recent call last): ..."))
+    events = [json.loads(line) for line in (tmp_path / lineage.JOB_EVENTS).read_text().splitlines()]
+    assert [e["eventType"] for e in events] == ["START", "FAIL"]
+    assert events[1]["run"]["facets"]["errorMessage"]["message"] == "training run failed: rank 1 lost"
