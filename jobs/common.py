@@ -10,6 +10,7 @@ from pathlib import Path
 
 from shardlake.config import AppConfig, ConfigError, load_config
 from shardlake.lake import Lake
+from shardlake.ops import lineage
 from shardlake.ops.progress import JobProgress, is_live
 from shardlake.session import build_session
 from shardlake.storage import StorageError, is_url
@@ -85,7 +86,8 @@ def start(config: AppConfig):
         logging.getLogger("shardlake").warning("%s", warning)
     settings = {**lake.store.spark_settings(), **config.spark.settings}
     spark = build_session(config.spark.master, config.spark.app_name, settings,
-                          object_store=needs_object_store(config))
+                          object_store=needs_object_store(config),
+                          lineage=lineage.spark_settings(config.monitoring.lineage, lake.root))
     spark.sparkContext.setLogLevel("WARN")
     return spark, lake
 

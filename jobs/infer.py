@@ -6,7 +6,7 @@ import json
 from rich.console import Console
 
 from jobs import common
-from shardlake.ops import prometheus
+from shardlake.ops import lineage, prometheus
 from shardlake.reporting import print_infer
 from shardlake.stages.infer import InferenceError, run_infer
 
@@ -31,15 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     config = common.load(args)
     console = Console(stderr=True)
     spark, lake = common.start(config)
+    run = lineage.JobRun.begin(spark, config.monitoring.lineage, lake.root, f"infer.{config.dataset.name}")
     try:
         with common.progress(config, spark, "inference", console) as shown:
             report = run_infer(spark, lake, config, args.logical_date, args.model_version, args.table_version,
                                progress=shown.step, incremental=args.incremental,
                                quantize_model=args.quantize, reuse_interval=args.reuse_interval)
     except InferenceError as err:
+        run.fail(err)
         console.print(f"[red]inference failed:[/red] {err}")
         return 1
     prometheus.export_infer(report, config.dataset.name, lake, config.monitoring.prometheus)
+    run.complete(lambda: lineage.inference_datasets(lake, config.dataset.name, report))
     common.write_result(args, _result(report))
     if args.json:
         print(json.dumps(report.to_dict(), default=str))

@@ -10,7 +10,7 @@ from jobs import common
 from shardlake.delta_io import SchemaChangeError
 from shardlake.intervals import DataInterval, IntervalError
 from shardlake.layout import LayoutChangeError, RebuildError
-from shardlake.ops import prometheus
+from shardlake.ops import lineage, prometheus
 from shardlake.reporting import print_ingest
 from shardlake.sources import SourceError
 from shardlake.stages.ingest import IngestError, for_interval, rebuild_layout, run_ingest
@@ -47,16 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     spark, lake = common.start(config)
     if args.rebuild_layout:
         return _rebuild(spark, lake, config, console)
+    run = lineage.JobRun.begin(spark, config.monitoring.lineage, lake.root, f"ingest.{config.dataset.name}")
     try:
         with common.progress(config, spark, "ingest", console) as shown:
             report = run_ingest(spark, lake, config.dataset, run_id, common.base_dir(args), args.mode,
                                 args.optimize, progress=shown.step, interval=interval)
     except IngestError as err:
+        run.fail(err)
         console.print(f"[red]ingest failed:[/red] {err}")
         return 1
     except (SourceError, SchemaChangeError, LayoutChangeError) as err:  # refused before any write: no traceback
+        run.fail(err)
         console.print(f"[red]ingest refused:[/red] {err}")
         return 2
+    run.complete(lambda: lineage.ingest_datasets(lake, config.dataset, common.base_dir(args), interval, report))
     common.write_result(args, report.to_dict())
     prometheus.export_ingest(report, lake, config.monitoring.prometheus)
     if args.json:

@@ -9,7 +9,7 @@ from rich.table import Table
 from jobs import common
 from jobs.versioning import code_version
 from shardlake.intervals import DataInterval
-from shardlake.ops import prometheus
+from shardlake.ops import lineage, prometheus
 from shardlake.reporting import print_infer, print_ingest
 from shardlake.stages import train
 from shardlake.stages.gate import run_gate
@@ -32,18 +32,22 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict[str, float] = {}
 
     started = time.monotonic()
+    run = lineage.JobRun.begin(spark, config.monitoring.lineage, lake.root, f"ingest.{config.dataset.name}")
     with common.progress(config, spark, "ingest", console) as shown:
         ingest = run_ingest(spark, lake, config.dataset, f"pipeline-{logical_date}", common.base_dir(args),
                             progress=shown.step, interval=interval)
+    run.complete(lambda: lineage.ingest_datasets(lake, config.dataset, common.base_dir(args), interval, ingest))
     timings["ingest"] = time.monotonic() - started
     metrics = config.monitoring.prometheus
     prometheus.export_ingest(ingest, lake, metrics)
     print_ingest(ingest, console)
 
     started = time.monotonic()
+    run = lineage.JobRun.begin(spark, config.monitoring.lineage, lake.root, f"train.{config.dataset.name}")
     with common.progress(config, spark, "training", console) as shown:
         _, card = train.fit(spark, lake, config, code_version(), log=console.print, table_version=ingest.table_version,
                             progress=shown)
+    run.complete(lambda: lineage.training_datasets(lake, config.dataset.name, card))
     gate = run_gate(spark, lake, config.dataset, config.train, card["model_version"], config.infer.batch_size)
     timings["train"] = time.monotonic() - started
     prometheus.export_train(card, lake, metrics)
@@ -57,10 +61,12 @@ def main(argv: list[str] | None = None) -> int:
                       f"({gate.reason}) and there is no production model")
         return 1
     started = time.monotonic()
+    run = lineage.JobRun.begin(spark, config.monitoring.lineage, lake.root, f"infer.{config.dataset.name}")
     with common.progress(config, spark, "inference", console) as shown:
         # The model the gate left in production (a refused candidate does not score), on the version ingested.
         report = run_infer(spark, lake, config, logical_date, model_version=gate.serving_version,
                            table_version=ingest.table_version, progress=shown.step)
+    run.complete(lambda: lineage.inference_datasets(lake, config.dataset.name, report))
     timings["infer"] = time.monotonic() - started
     prometheus.export_infer(report, config.dataset.name, lake, metrics)
     prometheus.export_pipeline(config.dataset.name, timings, logical_date, lake, metrics)

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from shardlake.session import default_jar_cache, delta_jars
+from shardlake.session import default_jar_cache, delta_jars, openlineage_jar
 
 
 def submit_command(argv: list[str], environ: dict[str, str]) -> tuple[list[str], dict[str, str]]:
@@ -26,6 +26,8 @@ def submit_command(argv: list[str], environ: dict[str, str]) -> tuple[list[str],
     env.setdefault("PYSPARK_DRIVER_PYTHON", env["PYSPARK_PYTHON"])
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     jars = delta_jars(default_jar_cache())
+    listener = openlineage_jar(default_jar_cache())  # lineage's listener must be on the driver's class path too
+    jars += [listener] if jars and listener else []
     extra = ["--jars", ",".join(str(j) for j in jars)] if jars and "--jars" not in argv else []
     return [str(Path(spark_home) / "bin" / "spark-submit"), *extra, *argv], env
 

@@ -7,7 +7,7 @@ from rich.console import Console
 
 from jobs import common
 from jobs.versioning import code_version
-from shardlake.ops import prometheus
+from shardlake.ops import lineage, prometheus
 from shardlake.stages import train
 from shardlake.stages.gate import run_gate
 
@@ -27,13 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     config = common.load(args)
     console = Console()
     spark, lake = common.start(config)
+    run = lineage.JobRun.begin(spark, config.monitoring.lineage, lake.root, f"train.{config.dataset.name}")
     try:
         with common.progress(config, spark, "training", console) as shown:
             _, card = train.fit(spark, lake, config, code_version(), args.run_id, log=console.print,
                                 table_version=args.table_version, progress=shown)
     except train.TrainingError as err:
+        run.fail(err)
         console.print(f"[red]training failed:[/red] {err}")
         return 1
+    run.complete(lambda: lineage.training_datasets(lake, config.dataset.name, card))
     prometheus.export_train(card, lake, config.monitoring.prometheus)
     result = train.summary(card)
     if args.promote:

@@ -11,6 +11,9 @@
 #   AIRFLOW_CONN_SPARK_LOCAL   the spark_local connection the DAGs use: master local[2]. (JSON: a URI
 #                             with [ ] in it silently falls back to master yarn.)
 #   SHARDLAKE_HOME            <repo>: where the DAGs find jobs/, conf/ and the project venv (.venv)
+#   AIRFLOW__OPENLINEAGE__TRANSPORT  the OpenLineage provider's events as JSON lines in
+#                             $AIRFLOW_HOME/lineage/airflow.jsonl (unless OPENLINEAGE_URL or a provider
+#                             config names a backend); AIRFLOW__OPENLINEAGE__NAMESPACE: shardlake
 # The Airflow venv is created first if missing (scripts/airflow_env.sh), and the metadata database
 # is migrated when it does not exist yet. Tasks run from the repo folder, like `make demo`.
 set -euo pipefail
@@ -26,6 +29,11 @@ export AIRFLOW__METRICS__TIMER_UNIT_CONSISTENCY=${AIRFLOW__METRICS__TIMER_UNIT_C
 export AIRFLOW_CONN_SPARK_LOCAL=${AIRFLOW_CONN_SPARK_LOCAL:-'{"conn_type": "spark", "host": "local[2]"}'}
 export SHARDLAKE_HOME=${SHARDLAKE_HOME:-$repo}
 export SPARK_LOCAL_IP=${SPARK_LOCAL_IP:-127.0.0.1}
+export AIRFLOW__OPENLINEAGE__NAMESPACE=${AIRFLOW__OPENLINEAGE__NAMESPACE:-shardlake}
+if [ -z "${AIRFLOW__OPENLINEAGE__TRANSPORT:-}${AIRFLOW__OPENLINEAGE__CONFIG_PATH:-}${OPENLINEAGE_URL:-}" ]; then
+  mkdir -p "$AIRFLOW_HOME/lineage"
+  export AIRFLOW__OPENLINEAGE__TRANSPORT="{\"type\": \"file\", \"log_file_path\": \"$AIRFLOW_HOME/lineage/airflow.jsonl\", \"append\": true}"
+fi
 
 # `standalone` and the SequentialExecutor start `airflow ...` subprocesses by name.
 export PATH=$venv/bin:$PATH

@@ -73,6 +73,27 @@ def repo() -> Path:
 
 
 @pytest.fixture(scope="session")
+def flights_pipeline_run(spark, tmp_path_factory):
+    """ingest -> train (+ gate) -> infer once per session through the jobs' main(), on a ~3.4k-row sample;
+    what they wrote (read by tests/test_pipeline_integration.py and tests/test_ops_lineage.py)."""
+    from flights_sample import write_sample
+    from jobs import infer as infer_job
+    from jobs import ingest as ingest_job
+    from jobs import train as train_job
+    from shardlake.lake import Lake
+
+    root = tmp_path_factory.mktemp("pipeline")
+    sample, rows = write_sample(root / "data", every=100)
+    lake = Lake.at(root / "lake")
+    overrides = [f"lake.root={lake.root}", f"dataset.source.path={sample}", "dataset.shards=4",
+                 "train.epochs=2", "train.batch_size=128", "train.num_proc=2", "train.promote_threshold=0.0"]
+    assert ingest_job.main(["--run-id", "it-1", *overrides]) == 0
+    assert train_job.main(["--promote", *overrides]) == 0
+    assert infer_job.main(["--logical-date", "2024-01-02", *overrides]) == 0
+    return {"lake": lake, "rows": rows, "overrides": overrides, "sample": sample}
+
+
+@pytest.fixture(scope="session")
 def airflow_pipeline_run(tmp_path_factory):
     """One real `airflow dags test` of the pipeline DAG per session (tests/test_airflow.py and
     tests/test_notebooks.py read its lake). pytest keeps a fixture's skip or failure for its scope,

@@ -133,7 +133,7 @@ def test_schedule_start_catchup_retries_and_params_are_explicit(dagbag):
 
 def test_tasks_submit_the_projects_jobs_with_its_spark_and_delta_jars(dagbag):
     from jobs import promote
-    from shardlake.session import DELTA_ARTIFACTS, DELTA_VERSION
+    from shardlake.session import DELTA_ARTIFACTS, DELTA_VERSION, OPENLINEAGE_ARTIFACT
 
     tasks = dagbag["dags"][DAG_ID]["tasks"]
     jobs = JOB_TASKS
@@ -143,7 +143,8 @@ def test_tasks_submit_the_projects_jobs_with_its_spark_and_delta_jars(dagbag):
         assert Path(task["application"]).is_file()
         assert task["spark_binary"] == str(REPO / ".venv" / "bin" / "spark-submit")
         assert task["env_vars"]["PYSPARK_PYTHON"] == str(REPO / ".venv" / "bin" / "python")
-        assert [Path(j).name for j in task["jars"].split(",")] == [f"{a}-{DELTA_VERSION}.jar" for a in DELTA_ARTIFACTS]
+        assert [Path(j).name for j in task["jars"].split(",")] == [
+            *[f"{a}-{DELTA_VERSION}.jar" for a in DELTA_ARTIFACTS], "-".join(OPENLINEAGE_ARTIFACT[1:]) + ".jar"]
         assert task["conn_id"] == "spark_local"
     assert tasks["gate"]["refused_exit_code"] == promote.REFUSED
 
@@ -267,3 +268,30 @@ def test_a_gate_refusal_is_an_answer_that_keeps_production_and_is_not_retried(sp
     assert (after.loc[production["model_version"], "stage"], after.loc[candidate["model_version"], "stage"]) == (
         "production", "candidate")
     assert after.loc[candidate["model_version"], "champion_version"] == production["model_version"]
+
+
+def _json_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_the_jobs_lineage_hangs_under_their_task_runs_and_names_no_credential(dag_run):
+    import os
+
+    folder = dag_run.lake / "_lineage"
+    airflow_events = _json_lines(Path(dag_run.env["AIRFLOW_HOME"]) / "lineage" / "airflow.jsonl")
+    task_runs = {e["job"]["name"]: e["run"]["runId"] for e in airflow_events if e["eventType"] == "COMPLETE"}
+    jobs = {e["job"]["name"]: e["run"]["facets"]["parent"] for e in _json_lines(folder / "jobs.jsonl")
+            if e["eventType"] == "COMPLETE"}
+    for job, task in (("ingest.flights", "ingest"), ("train.flights", "train"), ("infer.flights", "infer")):
+        parent = jobs[job]
+        assert parent["job"]["name"] == f"{DAG_ID}.{task}"
+        assert parent["run"]["runId"] == task_runs[f"{DAG_ID}.{task}"]
+        assert parent["root"]["job"]["name"] == DAG_ID
+    spark_parents = {e["run"]["facets"].get("parent", {}).get("job", {}).get("name") for e in
+                     _json_lines(folder / "spark.jsonl")}
+    assert {f"{DAG_ID}.ingest", f"{DAG_ID}.infer"} <= spark_parents
+    for events in (folder / "jobs.jsonl", folder / "spark.jsonl", Path(dag_run.env["AIRFLOW_HOME"]) / "lineage"
+                   / "airflow.jsonl"):
+        text = events.read_text()
+        assert os.environ["AWS_SECRET_ACCESS_KEY"] not in text and os.environ["AWS_ACCESS_KEY_ID"] not in text

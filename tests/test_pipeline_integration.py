@@ -12,29 +12,17 @@ import pytest
 from deltalake import DeltaTable as RsDeltaTable
 from pyspark.sql import functions as F
 
-from flights_sample import write_sample
 from jobs import infer as infer_job
-from jobs import ingest as ingest_job
-from jobs import train as train_job
 from shardlake import delta_io, registry
-from shardlake.lake import Lake
 
 pytestmark = pytest.mark.slow
 KEY = ["year", "month", "day", "carrier", "flight", "origin", "sched_dep_time"]
 
 
 @pytest.fixture(scope="module")
-def pipeline(spark, tmp_path_factory):
-    """Run the three jobs once on a ~3.4k-row sample; yield what they wrote."""
-    root = tmp_path_factory.mktemp("pipeline")
-    sample, rows = write_sample(root / "data", every=100)
-    lake = Lake.at(root / "lake")
-    overrides = [f"lake.root={lake.root}", f"dataset.source.path={sample}", "dataset.shards=4",
-                 "train.epochs=2", "train.batch_size=128", "train.num_proc=2", "train.promote_threshold=0.0"]
-    assert ingest_job.main(["--run-id", "it-1", *overrides]) == 0
-    assert train_job.main(["--promote", *overrides]) == 0
-    assert infer_job.main(["--logical-date", "2024-01-02", *overrides]) == 0
-    return {"lake": lake, "rows": rows, "overrides": overrides}
+def pipeline(flights_pipeline_run):
+    """The three jobs run once on a ~3.4k-row sample (conftest.py: shared with tests/test_ops_lineage.py)."""
+    return flights_pipeline_run
 
 
 def test_every_source_flight_is_clean_quarantined_or_a_duplicate(spark, pipeline):

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 # Must match libs/shardlake/session.py (tests/test_airflow_dags.py checks it).
 DELTA_VERSION = "3.3.3"
 DELTA_ARTIFACTS = ("delta-spark_2.12", "delta-storage")
+# OpenLineage's Spark listener, as libs/shardlake/session.py OPENLINEAGE_ARTIFACT (scripts/fetch_jars.sh caches it).
+OPENLINEAGE_JAR = "openlineage-spark_2.12-1.53.0.jar"
 # jobs/promote.py exits with this code when the gate refuses the model.
 GATE_REFUSED_EXIT_CODE = 3
 # What one task hands the next (each job's --result-file, the task's XCom return_value).
@@ -91,8 +93,11 @@ class Project:
     @property
     def delta_jars(self) -> str:
         """--jars for spark-submit. Needed: under spark-submit the driver JVM is already running when
-        the job's session builder sets spark.jars, so without --jars Delta's classes are missing."""
-        return ",".join(str(self.jars / f"{name}-{DELTA_VERSION}.jar") for name in DELTA_ARTIFACTS)
+        the job's session builder sets spark.jars, so without --jars Delta's classes are missing. The same
+        holds for OpenLineage's listener (jobs with lineage on): added when the cache has it."""
+        jars = [self.jars / f"{name}-{DELTA_VERSION}.jar" for name in DELTA_ARTIFACTS]
+        listener = self.jars / OPENLINEAGE_JAR
+        return ",".join(str(j) for j in [*jars, *([listener] if listener.is_file() else [])])
 
     def spark_env(self, extra: Mapping[str, str]) -> dict[str, str]:
         """spark-submit's environment: the project venv's python for the launcher, driver and workers
@@ -162,6 +167,8 @@ def build_dag(dataset: str, settings: Mapping[str, Any], project: Project) -> DA
         "driver_memory": settings["driver_memory"],
         "conf": dict(settings["spark_conf"]),
         "env_vars": project.spark_env(settings["spark_env"]),
+        # OpenLineage provider: spark.openlineage.parent* name this task's run, so the job's events hang under it.
+        "openlineage_inject_parent_job_info": True,
     }
     with DAG(
         dag_id=f"shardlake_{dataset}",

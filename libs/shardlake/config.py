@@ -382,6 +382,29 @@ class LineageSettings(_Strict):
 
     enabled: bool = True
     namespace: str = Field(default="shardlake", description="the OpenLineage job namespace")
+    transport: Literal["file", "http", "console"] = Field(default="file", description=(
+        "where events go: JSON lines in files, an OpenLineage HTTP backend (Marquez), or the log"))
+    location: str | None = Field(default=None, description=(
+        "file transport: a local folder for the events (None: the lake root's _lineage/ for a local lake, "
+        "else ~/.local/state/shardlake/lineage)"))
+    url: str | None = Field(default=None, description="http transport: the backend's base URL, e.g. http://127.0.0.1:5000")
+    endpoint: str = Field(default="api/v1/lineage", description="http transport: the path events are POSTed to")
+    api_key_env: str = Field(default="OPENLINEAGE_API_KEY", description=(
+        "http transport: the environment variable holding the API key, if the backend wants one (never the key)"))
+
+    @field_validator("location")
+    @classmethod
+    def _local_folder(cls, value: str | None) -> str | None:
+        if value is not None and "://" in value:
+            raise ValueError("monitoring.lineage.location must be a local folder (events of an object-store "
+                             "lake go to a local folder or an HTTP backend)")
+        return value
+
+    @model_validator(mode="after")
+    def _url_for_http(self) -> "LineageSettings":
+        if self.transport == "http" and not self.url:
+            raise ValueError("monitoring.lineage.transport=http needs monitoring.lineage.url")
+        return self
 
 
 class MlflowSettings(_Strict):

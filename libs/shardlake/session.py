@@ -1,6 +1,7 @@
 """Spark session construction with Delta enabled; the one place a session is built."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -14,6 +15,8 @@ DELTA_VERSION = "3.3.3"
 DELTA_ARTIFACTS = ("delta-spark_2.12", "delta-storage")
 # The S3A connector of pip pyspark's own Hadoop (hadoop-client-api 3.3.4), with the AWS SDK bundle its POM names.
 S3A_ARTIFACTS = (("org.apache.hadoop", "hadoop-aws", "3.3.4"), ("com.amazonaws", "aws-java-sdk-bundle", "1.12.262"))
+# OpenLineage's Spark listener (scripts/fetch_jars.sh caches it), for jobs with lineage on.
+OPENLINEAGE_ARTIFACT = ("io.openlineage", "openlineage-spark_2.12", "1.53.0")
 
 _DELTA_SETTINGS = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -48,6 +51,12 @@ def s3a_jars(cache: Path) -> list[Path]:
     """The cached S3A connector jars, or an empty list when the cache lacks one."""
     jars = [cache / f"{artifact}-{version}.jar" for _, artifact, version in S3A_ARTIFACTS]
     return jars if all(j.is_file() for j in jars) else []
+
+
+def openlineage_jar(cache: Path) -> Path | None:
+    """The cached OpenLineage Spark listener jar, or None."""
+    jar = cache / f"{OPENLINEAGE_ARTIFACT[1]}-{OPENLINEAGE_ARTIFACT[2]}.jar"
+    return jar if jar.is_file() else None
 
 
 # local, local[N], local[*], local[N,F] (retries), local-cluster[workers,cores,memory].
@@ -131,6 +140,7 @@ def build_session(
     settings: Mapping[str, str] | None = None,
     jars: Sequence[Path] | None = None,
     object_store: bool = False,
+    lineage: Mapping[str, str] | None = None,
 ) -> SparkSession:
     """Start (or join) a Spark session with Delta enabled.
 
@@ -139,6 +149,8 @@ def build_session(
     Python workers run the interpreter ``worker_python`` picks (exported as PYSPARK_PYTHON, the
     one thing PySpark reads when it starts a context). ``object_store``: the S3A connector too
     (cached by scripts/fetch_jars.sh, else resolved from Maven), for ``s3a://`` lakes and sources.
+    ``lineage``: settings that attach OpenLineage's listener (``shardlake.ops.lineage.spark_settings``);
+    its jar is added the same way. A session that already runs keeps the listeners it started with.
     """
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     guard_py4j_against_forks()
@@ -157,10 +169,26 @@ def build_session(
         connector = s3a_jars(cache)
         found += connector
         packages += [] if connector else [":".join(S3A_ARTIFACTS[0])]
+    submitted_jars = submitted.get("spark.jars", "")
+    if lineage and os.environ.get("PYSPARK_GATEWAY_PORT") and "openlineage-spark" not in submitted_jars:
+        # Under spark-submit the driver's class path is fixed: a listener it cannot load would stop the job.
+        logging.getLogger("shardlake").warning(
+            "lineage: OpenLineage's Spark listener is not on spark-submit's --jars; only the job's own events are sent")
+        lineage = None
+    if lineage:
+        listener = openlineage_jar(cache)
+        found += [listener] if listener else []
+        packages += [] if listener else [":".join(OPENLINEAGE_ARTIFACT)]
     if found:
         builder = builder.config("spark.jars", ",".join(str(j) for j in found))
     if packages:
         builder = builder.config("spark.jars.packages", ",".join(packages))
-    for key, value in {**_DELTA_SETTINGS, **dict(settings or {})}.items():
+    for key, value in {**_DELTA_SETTINGS, **dict(lineage or {}), **dict(settings or {})}.items():
         builder = builder.config(key, value)
-    return builder.getOrCreate()
+    session = builder.getOrCreate()
+    if lineage:  # it warns on every query that no connector of ours implements its extension interfaces
+        jvm = session.sparkContext._jvm
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(
+            "io.openlineage.spark.agent.lifecycle.SparkOpenLineageExtensionVisitorWrapper",
+            jvm.org.apache.logging.log4j.Level.ERROR)
+    return session
