@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     _, card = train.fit(spark, lake, config, code_version(), log=console.print, table_version=ingest.table_version)
-    gate = run_gate(spark, lake, config.dataset, config.train, card["model_version"], config.infer.batch_size)
+    gate = run_gate(spark, lake, config.dataset, config.train, card["model_version"], config.infer.batch_size,
+                    mlflow=config.monitoring.mlflow)
     timings["train"] = time.monotonic() - started
     console.print(f"model {card['model_version']}: validation {card['metric_name']} {card['validation_metric']:.4f}, "
                   f"test {card['test_metrics']}; promoted to production: {gate.promoted} ({gate.reason})")

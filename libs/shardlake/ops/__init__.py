@@ -1,0 +1,1 @@
+"""Operating the platform: experiment tracking and the model registry (MLflow), and other operator-facing channels."""
