@@ -92,9 +92,15 @@ def _mlflow():
 
 def _client(t: Target):
     """An MlflowClient on ``t`` (creating the embedded store's folder: its first use creates the database)."""
-    if t.embedded_db is not None:
+    mlflow = _mlflow()
+    if t.embedded_db is not None and not t.embedded_db.exists():
         Path(t.artifact_location.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
-    return _mlflow().MlflowClient(tracking_uri=t.tracking_uri, registry_uri=t.tracking_uri)
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        # Created with the lake's artifact root, so even MLflow's 'Default' experiment keeps its files
+        # under the lake (a client would create it with ./mlruns of whatever folder the job ran in).
+        SqlAlchemyStore(t.tracking_uri, t.artifact_location)
+    return mlflow.MlflowClient(tracking_uri=t.tracking_uri, registry_uri=t.tracking_uri)
 
 
 def _nothing_tracked(t: Target) -> bool:
@@ -213,7 +219,9 @@ def _experiment(client, t: Target, dataset: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=t.artifact_location)
+    # One folder per experiment under the embedded store's artifact root (MLflow's 'Default' has '0').
+    location = f"{t.artifact_location}/{name}" if t.artifact_location else None
+    return client.create_experiment(name, artifact_location=location)
 
 
 def _log_new(client, t: Target, name: str, card: Mapping, store) -> str:
