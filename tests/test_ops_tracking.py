@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from pyspark.sql import functions as F
 
 from shardlake import delta_io, registry
 from shardlake.config import MlflowSettings, load_config
 from shardlake.lake import Lake
-from shardlake.ops import tracking
+from shardlake.ops import tracking, tracking_run
 from shardlake.stages import train
 from shardlake.stages.gate import run_gate
 from shardlake.stages.infer import InferenceError, resolve_card, run_infer
@@ -175,8 +174,8 @@ def test_the_run_is_tagged_with_what_it_trained_on_and_how(runs):
 @slow
 def test_the_card_and_the_training_curve_are_artifacts_of_the_run(runs, tmp_path):
     client, run = _run_of(runs["lake"], "good")
-    card = json.loads(Path(client.download_artifacts(run.info.run_id, tracking.CARD_FILE, str(tmp_path))).read_text())
-    curve = Path(client.download_artifacts(run.info.run_id, tracking.CURVE_FILE, str(tmp_path))).read_bytes()
+    card = json.loads(Path(client.download_artifacts(run.info.run_id, tracking_run.CARD_FILE, str(tmp_path))).read_text())
+    curve = Path(client.download_artifacts(run.info.run_id, tracking_run.CURVE_FILE, str(tmp_path))).read_bytes()
     assert (card["model_version"], card["weights_sha256"], curve[:8]) == (
         "good", runs["cards"]["good"]["weights_sha256"], b"\x89PNG\r\n\x1a\n")
 
@@ -247,3 +246,7 @@ def test_a_store_that_cannot_be_written_is_one_clear_error(tmp_path):
     with pytest.raises(tracking.TrackingError, match=r"^MLflow at sqlite:///.*: could not reach its store") as err:
         tracking.log_training(settings, Lake.at(tmp_path / "lake"), card)
     assert "\n" not in str(err.value)
+
+
+def test_a_tracking_uri_is_shown_without_its_credentials():
+    assert tracking.shown("http://user:s3cret@127.0.0.1:5000/mlflow") == "http://127.0.0.1:5000/mlflow"

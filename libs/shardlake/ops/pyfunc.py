@@ -46,8 +46,8 @@ class ShardlakeModel(mlflow.pyfunc.PythonModel):
         batch = pa.RecordBatch.from_pandas(frame[features], preserve_index=False)
         predictions, scores = [np.empty(0, np.int32 if self.spec.kind == "binary" else np.float64)], [np.empty(0)]
         for offset, length in even_slices(batch.num_rows, BATCH_ROWS):
-            prediction, score = score_frame(self.model, self.spec, arrow_features(batch.slice(offset, length), self.spec),
-                                            self.device, THRESHOLD)
+            features = arrow_features(batch.slice(offset, length), self.spec)
+            prediction, score = score_frame(self.model, self.spec, features, self.device, THRESHOLD)
             predictions.append(prediction)
             scores.append(score)
         return pd.DataFrame({PREDICTION: np.concatenate(predictions), SCORE: np.concatenate(scores)},

@@ -1,4 +1,5 @@
-"""Experiment tracking and the registry alias in MLflow: every MLflow call of the platform is here.
+"""Experiment tracking and the registry alias in MLflow: every MLflow call of the platform is here
+(and in ``tracking_run``, what one training run logs).
 
 A finished training run is logged once per model version (parameters, identity tags, per-epoch
 and test metrics, the card and training curve, the model as a pyfunc model) and registered as a
@@ -14,31 +15,22 @@ MLflow is imported only when used: it is slow to import and most jobs never need
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
-import time
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from shardlake.config import MlflowSettings
-from shardlake.folders import Folder
 from shardlake.lake import Lake
-from shardlake.models.tabular import SPEC_FILE, WEIGHTS_FILE
 
 EMBEDDED_DIR = "_mlflow"
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "artifacts"
 VERSION_TAG = "shardlake.model_version"  # on the MLflow model version: which shardlake model it is
-CARD_FILE = "card.json"
-CURVE_FILE = "training_curve.png"
-# What the pyfunc model imports where it is loaded (shardlake itself must be importable there too).
-MODEL_REQUIREMENTS = ("mlflow", "torch", "pyarrow", "pandas", "numpy", "pyspark")
 
 log = logging.getLogger("shardlake.tracking")
 _told_off: set[str] = set()
@@ -77,7 +69,7 @@ def registered_model_name(dataset: str) -> str:
     return f"shardlake-{dataset}"
 
 
-def _mlflow():
+def mlflow_module():
     """mlflow, imported on first use, with its console chatter (migrations, registration notes) silenced."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no usage reports from a platform's jobs
@@ -92,9 +84,9 @@ def _mlflow():
 
 def _client(t: Target):
     """An MlflowClient on ``t`` (creating the embedded store's folder: its first use creates the database)."""
-    mlflow = _mlflow()
+    mlflow = mlflow_module()
     if t.embedded_db is not None and not t.embedded_db.exists():
-        Path(t.artifact_location.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+        (t.embedded_db.parent / ARTIFACTS_DIR).mkdir(parents=True, exist_ok=True)
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
         # Created with the lake's artifact root, so even MLflow's 'Default' experiment keeps its files
@@ -111,7 +103,7 @@ def _nothing_tracked(t: Target) -> bool:
 @contextmanager
 def _quiet_uri(uri: str) -> Iterator[None]:
     """The fluent API (needed to log a model) pointed at ``uri`` while inside, without warnings; restored after."""
-    mlflow = _mlflow()
+    mlflow = mlflow_module()
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
@@ -122,9 +114,19 @@ def _quiet_uri(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(previous)
 
 
+def shown(uri: str) -> str:
+    """``uri`` as a message may show it: without a user and password (http://user:secret@host)."""
+    parts = urlsplit(uri)
+    if parts.password is None and parts.username is None:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+
+
 def _fail(what: str, t: Target, err: Exception) -> TrackingError:
     first = " ".join(str(err).split())[:300]
-    return TrackingError(f"MLflow at {t.tracking_uri}: could not {what}: {type(err).__name__}: {first}")
+    if t.tracking_uri != shown(t.tracking_uri):
+        first = first.replace(t.tracking_uri, shown(t.tracking_uri))
+    return TrackingError(f"MLflow at {shown(t.tracking_uri)}: could not {what}: {type(err).__name__}: {first}")
 
 
 def version_of(client, name: str, model_version: str):
@@ -133,50 +135,14 @@ def version_of(client, name: str, model_version: str):
     return max(found, key=lambda v: int(v.version)) if found else None
 
 
-def _flat(prefix: str, value, out: dict[str, str]) -> dict[str, str]:
-    if isinstance(value, Mapping):
-        for key, inner in value.items():
-            _flat(f"{prefix}.{key}" if prefix else str(key), inner, out)
-    else:
-        out[prefix] = json.dumps(value) if isinstance(value, list) else str(value)
-    return out
-
-
-def _metrics(card: Mapping) -> list[tuple[str, float, int]]:
-    """(key, value, step) per epoch of the card's history (step = epoch) and the test metrics (step 0)."""
-    rows = []
-    for entry in card.get("history", []):
-        scalars = {k: v for k, v in entry.items() if k not in ("epoch", "validation")}
-        scalars.update({f"validation_{k}": v for k, v in entry.get("validation", {}).items()})
-        rows += [(k, float(v), int(entry["epoch"])) for k, v in scalars.items() if isinstance(v, (int, float))]
-    rows += [(f"test_{k}", float(v), 0) for k, v in card.get("test_metrics", {}).items() if isinstance(v, (int, float))]
-    return rows
-
-
-def _tags(card: Mapping) -> dict[str, str]:
-    """The run's identity: what was trained on, by which configuration and code."""
-    return {VERSION_TAG: card["model_version"], "shardlake.dataset": card["dataset"],
-            "shardlake.config_hash": card["config_hash"], "shardlake.code_version": card["code_version"],
-            "shardlake.table_path": card["table_path"], "shardlake.table_version": str(card["table_version"]),
-            "shardlake.backend": str(card.get("backend")), "shardlake.num_proc": str(card.get("num_proc"))}
-
-
-def _requirements() -> list[str]:
-    pins = []
-    for name in MODEL_REQUIREMENTS:
-        try:
-            pins.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            pins.append(name)
-    return pins
-
-
 def log_training(settings: MlflowSettings, lake: Lake, card: Mapping) -> str | None:
     """Log a finished training run and register its model; the MLflow model version (None: MLflow off).
 
     Once per shardlake model version: a version already registered with its tag is returned as it
     is, so a re-run (or a resumed run whose logging failed) logs nothing twice.
     """
+    from shardlake.ops import tracking_run
+
     t = target(settings, lake)
     if t is None:
         return None
@@ -191,17 +157,18 @@ def log_training(settings: MlflowSettings, lake: Lake, card: Mapping) -> str | N
     try:
         # The fluent API too (a registration looks the logged model up through it): all on this store.
         with _quiet_uri(t.tracking_uri):
-            return _log_new(client, t, name, card, lake.store.settings)
+            return tracking_run.log_new(client, t.artifact_location, name, card, lake.store.settings)
     except Exception as err:
         raise _fail(f"log the training run of {card['model_version']}", t, err) from err
 
 
 def _existing(client, name: str, model_version: str):
     """``version_of``, or None when the registered model does not exist yet."""
-    return version_of(client, name, model_version) if _registered(client, name) else None
+    return version_of(client, name, model_version) if is_registered(client, name) else None
 
 
-def _registered(client, name: str) -> bool:
+def is_registered(client, name: str) -> bool:
+    """Whether the registered model ``name`` exists (any other error of the store is raised)."""
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
@@ -214,55 +181,9 @@ def _registered(client, name: str) -> bool:
     return True
 
 
-def _experiment(client, t: Target, dataset: str) -> str:
-    name = registered_model_name(dataset)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    # One folder per experiment under the embedded store's artifact root (MLflow's 'Default' has '0').
-    location = f"{t.artifact_location}/{name}" if t.artifact_location else None
-    return client.create_experiment(name, artifact_location=location)
-
-
-def _log_new(client, t: Target, name: str, card: Mapping, store) -> str:
-    mlflow = _mlflow()
-    from mlflow.entities import Metric, Param, RunTag
-
-    run = client.create_run(_experiment(client, t, card["dataset"]), run_name=card["model_version"],
-                            tags=_tags(card))
-    run_id = run.info.run_id
-    now = int(time.time() * 1000)
-    params = _flat("", (card.get("config") or {}).get("train", {}), {})
-    params["model_version"] = card["model_version"]
-    client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v, step in _metrics(card)],
-                     params=[Param(k, v[:6000]) for k, v in sorted(params.items())],
-                     tags=[RunTag(k, v) for k, v in _tags(card).items()])
-    folder = Folder(card["model_dir"], store)
-    with tempfile.TemporaryDirectory(prefix="shardlake-mlflow-") as scratch:
-        local = Path(scratch)
-        for file in (CARD_FILE, CURVE_FILE, SPEC_FILE, WEIGHTS_FILE):
-            if folder.exists(file):
-                (local / file).write_bytes(folder.read_bytes(file))
-        for file in (CARD_FILE, CURVE_FILE):
-            if (local / file).exists():
-                client.log_artifact(run_id, str(local / file))
-        from shardlake.ops import pyfunc
-
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(  # models from code: the entry file, not a pickle
-                name="model", python_model=str(Path(pyfunc.__file__).with_name("pyfunc_entry.py")), pip_requirements=_requirements(),
-                artifacts={pyfunc.SPEC_ARTIFACT: str(local / SPEC_FILE),
-                           pyfunc.WEIGHTS_ARTIFACT: str(local / WEIGHTS_FILE)})
-    if not _registered(client, name):
-        client.create_registered_model(name, description=f"shardlake models of the dataset {card['dataset']}")
-    version = client.create_model_version(name, info.model_uri, run_id=run_id,
-                                          tags={VERSION_TAG: card["model_version"]}, model_id=info.model_id)
-    return str(version.version)
-
-
 def _aliases(client, name: str) -> dict[str, str] | None:
     """The registered model's aliases (alias -> MLflow version), or None when it is not registered."""
-    if not _registered(client, name):
+    if not is_registered(client, name):
         return None
     return {alias: str(version) for alias, version in (client.get_registered_model(name).aliases or {}).items()}
 
