@@ -15,6 +15,7 @@ MLflow is imported only when used: it is slow to import and most jobs never need
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import warnings
@@ -86,13 +87,27 @@ def _client(t: Target):
     """An MlflowClient on ``t`` (creating the embedded store's folder: its first use creates the database)."""
     mlflow = mlflow_module()
     if t.embedded_db is not None and not t.embedded_db.exists():
-        (t.embedded_db.parent / ARTIFACTS_DIR).mkdir(parents=True, exist_ok=True)
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-        # Created with the lake's artifact root, so even MLflow's 'Default' experiment keeps its files
-        # under the lake (a client would create it with ./mlruns of whatever folder the job ran in).
-        SqlAlchemyStore(t.tracking_uri, t.artifact_location)
+        _create_embedded(t)
     return mlflow.MlflowClient(tracking_uri=t.tracking_uri, registry_uri=t.tracking_uri)
+
+
+def _create_embedded(t: Target) -> None:
+    """Create the embedded store once, whole: two jobs of one lake starting at once (two datasets' training)
+    would otherwise both run MLflow's schema migrations on the new file, or open it half-migrated."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    (t.embedded_db.parent / ARTIFACTS_DIR).mkdir(parents=True, exist_ok=True)
+    with (t.embedded_db.parent / ".create.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, however the holder ends
+        if t.embedded_db.exists():
+            return
+        partial = t.embedded_db.with_name(f".{DB_FILE}.{os.getpid()}.partial")
+        partial.unlink(missing_ok=True)
+        # With the lake's artifact root, so even MLflow's 'Default' experiment keeps its files under
+        # the lake (a client would create it with ./mlruns of whatever folder the job ran in).
+        store = SqlAlchemyStore(f"sqlite:///{partial}", t.artifact_location)
+        store.engine.dispose()
+        os.replace(partial, t.embedded_db)  # appears migrated, or not at all
 
 
 def _nothing_tracked(t: Target) -> bool:
