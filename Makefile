@@ -16,13 +16,14 @@ export PYTHONWARNINGS ?= ignore::FutureWarning,ignore::DeprecationWarning
 STAMP := $(VENV)/.installed
 INSTALL_INPUTS := constraints.txt requirements.txt requirements-dev.txt setup.py scripts/build_horovod.sh scripts/fetch_jars.sh
 
-.PHONY: install servers demo test test-fast reliability clean-lake bench help airflow-install airflow
+.PHONY: install servers demo test test-fast reliability clean-lake bench help airflow-install airflow mlflow
 
 help:
 	@echo "make demo   run ingest -> train -> infer on the flights data into ./lake"
 	@echo "make test   run the test suite"
 	@echo "make reliability  run the fault and hostile-input tests and print their report"
 	@echo "make bench  run the benchmarks (bench/)"
+	@echo "make mlflow the MLflow UI on the lake's embedded store: http://127.0.0.1:5000"
 
 install: $(STAMP)
 
@@ -74,6 +75,12 @@ bench: install
 	$(PY) bench/loader.py
 	$(PY) bench/train.py
 	$(PY) bench/infer.py
+
+# MLflow's UI on the embedded store under ./lake (training creates it); no usage reports leave the machine.
+mlflow: install
+	@test -f lake/_mlflow/mlflow.db || { echo "no lake/_mlflow/mlflow.db yet: run make demo (or a training job) first"; exit 1; }
+	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath lake)/_mlflow/mlflow.db \
+		--host 127.0.0.1 --port 5000
 
 clean-lake:
 	rm -rf lake

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         _, card = train.fit(spark, lake, config, code_version(), log=console.print, table_version=ingest.table_version,
                             progress=shown)
     run.complete(lambda: lineage.training_datasets(lake, config.dataset.name, card))
-    gate = run_gate(spark, lake, config.dataset, config.train, card["model_version"], config.infer.batch_size)
+    gate = run_gate(spark, lake, config.dataset, config.train, card["model_version"], config.infer.batch_size,
+                    mlflow=config.monitoring.mlflow)
     timings["train"] = time.monotonic() - started
     prometheus.export_train(card, lake, metrics)
     prometheus.export_promote(gate, config.dataset.name, None, lake, metrics)

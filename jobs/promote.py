@@ -17,7 +17,7 @@ from rich.console import Console
 from jobs import common
 from jobs.versioning import code_version
 from shardlake import registry
-from shardlake.ops import prometheus
+from shardlake.ops import prometheus, tracking
 from shardlake.stages.gate import run_gate
 
 REFUSED = 3
@@ -44,10 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         decision = run_gate(spark, lake, config.dataset, config.train, model_version, config.infer.batch_size,
-                            args.judge_again)
+                            args.judge_again, config.monitoring.mlflow)
     except registry.PromotionError as err:
         console.print(f"[red]gate: not promoted:[/red] {err}")
         return REFUSED
+    except tracking.TrackingError as err:  # the registry's decision stands; a re-run moves the alias
+        console.print(f"[red]gate: decided, but the MLflow alias is not moved:[/red] {err}")
+        return 1
     prometheus.export_promote(decision, config.dataset.name, time.monotonic() - started, lake,
                               config.monitoring.prometheus)
     common.write_result(args, decision.to_dict())

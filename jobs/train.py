@@ -7,7 +7,7 @@ from rich.console import Console
 
 from jobs import common
 from jobs.versioning import code_version
-from shardlake.ops import lineage, prometheus
+from shardlake.ops import lineage, prometheus, tracking
 from shardlake.stages import train
 from shardlake.stages.gate import run_gate
 
@@ -40,7 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     prometheus.export_train(card, lake, config.monitoring.prometheus)
     result = train.summary(card)
     if args.promote:
-        decision = run_gate(spark, lake, config.dataset, config.train, card["model_version"], config.infer.batch_size)
+        try:
+            decision = run_gate(spark, lake, config.dataset, config.train, card["model_version"],
+                                config.infer.batch_size, mlflow=config.monitoring.mlflow)
+        except tracking.TrackingError as err:  # the registry's decision stands; the gate job moves the alias
+            console.print(f"[red]gate: decided, but the MLflow alias is not moved:[/red] {err}")
+            return 1
         prometheus.export_promote(decision, config.dataset.name, None, lake, config.monitoring.prometheus)
         result.update(promoted=decision.promoted, gate=decision.to_dict())
     common.write_result(args, result)

@@ -408,8 +408,10 @@ class LineageSettings(_Strict):
 
 
 class MlflowSettings(_Strict):
-    """MLflow tracking and model registry."""
+    """MLflow tracking and model registry (``shardlake.ops.tracking``)."""
 
+    enabled: bool = Field(default=True, description=(
+        "log training runs and mirror the production model as a registered-model alias; false: the lake registry only"))
     tracking_uri: str | None = Field(default=None, description=(
         "None: the embedded store under the lake root (SQLite and an artifact folder); any MLflow tracking URI"))
     alias: str = Field(default="champion", description="the registered-model alias the gate moves to a promoted model")

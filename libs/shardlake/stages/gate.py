@@ -20,8 +20,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from shardlake import delta_io, registry
-from shardlake.config import DatasetSpec, TrainSettings
+from shardlake.config import DatasetSpec, MlflowSettings, TrainSettings
 from shardlake.lake import Lake
+from shardlake.ops import tracking
 from shardlake.scoring import TabularModel, load_registered
 from shardlake.training.metrics import primary_metric
 from shardlake.transforms import summary as S
@@ -109,14 +110,27 @@ def recorded_decision(card: Mapping, recorded: Mapping, settings: TrainSettings)
 
 
 def run_gate(spark: SparkSession, lake: Lake, dataset: DatasetSpec, settings: TrainSettings, model_version: str,
-             batch_size: int = 8192, judge_again: bool = False) -> GateDecision:
+             batch_size: int = 8192, judge_again: bool = False,
+             mlflow: MlflowSettings | None = None) -> GateDecision:
     """Judge ``model_version`` against the dataset's production model and record the decision in the registry.
 
     A candidate a gate already decided on is not judged again (unless ``judge_again``): the recorded
     decision is returned and nothing changes, so re-running a past interval's gate neither promotes
     an older model over a newer one nor serves another model than that interval did.
-    Raises ``registry.PromotionError`` for a model that is not registered.
+    Then MLflow's alias (``mlflow``, default: the embedded store) is pointed at the registry's
+    production model, in the same step (a run after a failed move repairs it).
+    Raises ``registry.PromotionError`` for a model that is not registered, ``tracking.TrackingError``
+    when the alias could not be moved (the registry's decision stands).
     """
+    decision = _judge(spark, lake, dataset, settings, model_version, batch_size, judge_again)
+    production = registry.production_model(spark, lake.registry(), dataset.name)
+    tracking.point_alias(mlflow or MlflowSettings(), lake, dataset.name,
+                         production["model_version"] if production else None)
+    return decision
+
+
+def _judge(spark: SparkSession, lake: Lake, dataset: DatasetSpec, settings: TrainSettings, model_version: str,
+           batch_size: int, judge_again: bool) -> GateDecision:
     path = lake.registry()
     card = registry.model_card(spark, path, model_version)
     if card is None:

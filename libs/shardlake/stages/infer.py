@@ -22,9 +22,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from shardlake import delta_io, delta_log, plots, quantize, registry
-from shardlake.config import AppConfig, InferSettings
+from shardlake.config import AppConfig, InferSettings, MlflowSettings
 from shardlake.folders import Folder
 from shardlake.lake import Lake
+from shardlake.ops import tracking
 from shardlake.predictions import SCORE, SOURCE_ROW_HASH
 from shardlake.scoring import ModelMismatchError, TabularModel, load_registered
 from shardlake.stages import infer_write as W
@@ -71,8 +72,17 @@ class InferReport:
         return asdict(self)
 
 
-def resolve_card(spark: SparkSession, lake: Lake, dataset: str, model_version: str | None) -> dict:
-    """The requested model's card, else the dataset's production model's."""
+def resolve_card(spark: SparkSession, lake: Lake, dataset: str, model_version: str | None,
+                 mlflow: MlflowSettings | None = None) -> dict:
+    """The requested model's card, else the production model's: the one MLflow's alias names (``mlflow``,
+    default the embedded store), which must be the lake registry's production row, card from the registry."""
+    if not model_version:
+        production = registry.production_model(spark, lake.registry(), dataset)
+        try:
+            model_version = tracking.production_version(mlflow or MlflowSettings(), lake, dataset,
+                                                        production["model_version"] if production else None)
+        except tracking.TrackingError as err:
+            raise InferenceError(str(err)) from err
     card = registry.card_for(spark, lake.registry(), dataset, model_version)
     if card is None:
         wanted = f"model {model_version!r}" if model_version else f"a production model for {dataset!r}"
@@ -207,7 +217,7 @@ def run_infer(spark: SparkSession, lake: Lake, config: AppConfig, logical_date: 
     model_version = model_version or settings.model_version
     if reuse_interval:
         model_version, table_version = pinned(spark, lake, dataset.name, logical_date, model_version, table_version)
-    card = resolve_card(spark, lake, dataset.name, model_version)
+    card = resolve_card(spark, lake, dataset.name, model_version, config.monitoring.mlflow)
     table_path = lake.table(dataset.name, "clean")
     newest = delta_log.newest_version(table_path)
     if newest is None:

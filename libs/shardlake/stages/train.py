@@ -28,6 +28,7 @@ from shardlake.config import AppConfig, TrainSettings
 from shardlake.folders import Folder
 from shardlake.lake import Lake
 from shardlake.models.tabular import SPEC_FILE, WEIGHTS_FILE, ModelSpec, weights_digest
+from shardlake.ops import tracking
 from shardlake.ops.progress import JobProgress
 from shardlake.scoring import ModelMismatchError, TabularModel, load_registered
 from shardlake.session import guard_py4j_against_forks
@@ -318,6 +319,7 @@ def fit(spark: SparkSession, lake: Lake, config: AppConfig, code_version: str = 
         if finished is not None:
             log(f"{p.model_version}: already trained and registered (code {code_version}); "
                 f"returning the registered model, not training it again")
+            _track(config, lake, finished, log)  # logs it if an earlier run's logging failed
             return _registered_model(finished), finished
         log(f"training {p.model_version} on {p.table_path}@v{p.table_version} ({len(p.job.train_files)} train "
             f"files, backend {config.train.backend}, {config.train.num_proc} processes, code {code_version})")
@@ -334,7 +336,20 @@ def fit(spark: SparkSession, lake: Lake, config: AppConfig, code_version: str = 
         run_dir.write_text(CARD_FILE, json.dumps(card, indent=2, sort_keys=True, default=str))
         plots.training_curve(rank0["history"], card["metric_name"], run_dir.file(CURVE_FILE), p.model_version)
         registry.register(spark, lake.registry(), card)
+        _track(config, lake, card, log)
     return TabularModel.load(run_dir, p.model_version), card
+
+
+def _track(config: AppConfig, lake: Lake, card: Mapping, log: Callable[[str], None]) -> None:
+    """Log the run to MLflow (once per model version); a store that cannot be written fails the job."""
+    try:
+        version = tracking.log_training(config.monitoring.mlflow, lake, card)
+    except tracking.TrackingError as err:
+        raise TrainingError(f"{card['model_version']} is trained and registered, but {err}; run the same "
+                            f"training again to log it") from err
+    if version is not None:
+        log(f"{card['model_version']}: MLflow model {tracking.registered_model_name(card['dataset'])} "
+            f"version {version}")
 
 
 def summary(card: dict) -> dict:
