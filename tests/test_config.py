@@ -138,3 +138,15 @@ def test_a_spark_setting_given_as_a_number_is_taken_as_spark_reads_it():
                                   "spark.settings.spark.sql.adaptive.enabled=false"])
     assert (config.spark.settings["spark.sql.shuffle.partitions"],
             config.spark.settings["spark.sql.adaptive.enabled"]) == ("4", "false")
+
+
+def test_the_pushgateway_is_configured_as_the_issue_spells_it():
+    monitoring = load_config([BASE], ["monitoring.pushgateway_url=http://127.0.0.1:9091",
+                                      "monitoring.push_timeout_s=2"]).monitoring
+    assert (monitoring.prometheus.pushgateway_url, monitoring.prometheus.push_timeout_s) == ("http://127.0.0.1:9091", 2.0)
+
+
+def test_a_pushgateway_url_carrying_credentials_is_refused_without_repeating_them():
+    with pytest.raises(ConfigError) as refused:
+        load_config([BASE], ["monitoring.pushgateway_url=http://ops:hunter2@127.0.0.1:9091"])
+    assert "monitoring.pushgateway_url" in str(refused.value) and "hunter2" not in str(refused.value)

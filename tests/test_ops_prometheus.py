@@ -172,7 +172,7 @@ def _ingest_args(tmp_path: Path, gateway: str, *overrides: str) -> list[str]:
     source = write_csv(tmp_path / "orders.csv", HEADER, [line for line, _ in LINES])
     toy_config(tmp_path, source, tmp_path / "lake")
     return ["--conf", str(REPO / "conf" / "base.yaml"), f"dataset={tmp_path / 'toy.yaml'}",
-            f"lake.root={tmp_path / 'lake'}", f"monitoring.prometheus.pushgateway_url={gateway}", *overrides,
+            f"lake.root={tmp_path / 'lake'}", f"monitoring.pushgateway_url={gateway}", *overrides,
             "--run-id", "ingest-metrics", "--result-file", str(tmp_path / "result.json")]
 
 
@@ -220,7 +220,7 @@ def test_the_ingest_writes_its_metrics_textfile_into_its_run_folder(pushed_inges
 def test_an_ingest_whose_gateway_is_closed_succeeds_with_one_warning(spark, tmp_path, caplog):
     gateway = f"http://127.0.0.1:{free_port()}"
     with caplog.at_level(logging.WARNING):
-        assert ingest_job.main(_ingest_args(tmp_path, gateway, "monitoring.prometheus.push_timeout_s=2")) == 0
+        assert ingest_job.main(_ingest_args(tmp_path, gateway, "monitoring.push_timeout_s=2")) == 0
     warnings = [r.getMessage() for r in caplog.records if r.name == P.__name__]
     assert len(warnings) == 1 and gateway in warnings[0], warnings
     assert (tmp_path / "lake" / "_runs" / "toy" / "ingest" / "ingest-metrics" / "metrics.prom").is_file()

@@ -371,7 +371,8 @@ class InferSettings(_Strict):
 class PrometheusSettings(_Strict):
     """Prometheus metrics of every job (``shardlake.ops.prometheus``): a node-exporter textfile,
     ``metrics.prom``, in the run folder always, and a push to a Pushgateway when ``pushgateway_url`` is
-    set (batch jobs end before any scrape), grouped by job and dataset. A failed push is a warning."""
+    set (batch jobs end before any scrape), grouped by job and dataset. A failed push is a warning.
+    Configured as ``monitoring.pushgateway_url`` and ``monitoring.push_timeout_s``."""
 
     pushgateway_url: str | None = Field(default=None, description="e.g. http://127.0.0.1:9091; None: no push")
     push_timeout_s: float = Field(default=5.0, gt=0, description="a push that takes longer is a warning, not a failure")
@@ -421,11 +422,31 @@ class MonitoringSettings(_Strict):
     """What operators see: metrics, lineage, experiment tracking, live progress. Not part of a model's
     identity (``AppConfig.fingerprint`` leaves it out): where a run reports does not change what it computes."""
 
-    prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
+    pushgateway_url: str | None = Field(default=None, description=(
+        "Pushgateway to push every job's metrics to, e.g. http://127.0.0.1:9091; None: the textfile only"))
+    push_timeout_s: float = Field(default=5.0, gt=0, description="a push that takes longer is a warning, not a failure")
     lineage: LineageSettings = Field(default_factory=LineageSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     progress: Literal["auto", "always", "never"] = Field(default="auto", description=(
         "progress bars per Spark stage: auto = on a terminal only (logs get one line per step)"))
+
+    @field_validator("pushgateway_url")
+    @classmethod
+    def _gateway_without_secrets(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        split = urllib.parse.urlsplit(url)
+        if split.scheme not in ("http", "https") or not split.hostname:
+            raise ValueError(f"{url!r}: expected http://host:port or https://host:port")
+        if split.username or split.password:
+            raise ValueError("the Pushgateway URL must not carry credentials: a configuration file is no place "
+                             "for them")
+        return url
+
+    @property
+    def prometheus(self) -> PrometheusSettings:
+        """The part of these settings the metrics export needs (``shardlake.ops.prometheus``)."""
+        return PrometheusSettings(pushgateway_url=self.pushgateway_url, push_timeout_s=self.push_timeout_s)
 
 
 class AppConfig(_Strict):

@@ -3,7 +3,7 @@
 Batch jobs end before any scrape, so a job hands its metrics on twice: it always writes them in the
 text exposition format as ``metrics.prom`` in its run folder (on the lake's store; a node-exporter
 textfile collector, or anything that reads the lake, picks them up), and it pushes them to a
-Pushgateway when ``monitoring.prometheus.pushgateway_url`` is set, grouped by (job, dataset) so a
+Pushgateway when ``monitoring.pushgateway_url`` is set, grouped by (job, dataset) so a
 re-run replaces its own series. Neither is allowed to fail a job: a failure is one warning line.
 
 The ``*_metrics`` functions are pure: a job's report (and the time it finished) in, a fresh
