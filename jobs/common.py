@@ -73,7 +73,7 @@ def needs_object_store(config: AppConfig) -> bool:
 def start(config: AppConfig):
     """Spark session and lake for a loaded configuration."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("py4j", "pyspark"):
+    for noisy in ("py4j", "pyspark", "openlineage"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     lake = Lake.at(config.lake.root, config.lake.store_settings())
     try:  # a missing bucket or refused credentials: one line naming the URL, before Spark starts

@@ -30,9 +30,10 @@ _DELTA_SETTINGS = {
     "spark.databricks.delta.snapshotPartitions": "4",
     # Progress is shown by the jobs themselves; Spark's bar would interleave with it.
     "spark.ui.showConsoleProgress": "false",
-    # The ingest's plans are wide (raw text, typed columns, rule flags): at the default of 25 fields Spark
-    # warns once per session that it truncated a plan's description, in the middle of the progress bars.
-    "spark.sql.debug.maxToStringFields": "200",
+    # The ingest's plans are wide (raw text, typed columns, rule flags, both joins' columns): at the default
+    # of 25 fields Spark warns once per session that it truncated a plan's description, in the middle of
+    # the progress bars.
+    "spark.sql.debug.maxToStringFields": "1000",
 }
 
 
@@ -186,9 +187,22 @@ def build_session(
     for key, value in {**_DELTA_SETTINGS, **dict(lineage or {}), **dict(settings or {})}.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
-    if lineage:  # it warns on every query that no connector of ours implements its extension interfaces
-        jvm = session.sparkContext._jvm
-        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(
-            "io.openlineage.spark.agent.lifecycle.SparkOpenLineageExtensionVisitorWrapper",
-            jvm.org.apache.logging.log4j.Level.ERROR)
+    if lineage:
+        _quiet_listener(session)
     return session
+
+
+# What OpenLineage's listener logs on every query of a healthy job: that no connector of ours implements
+# its extension interfaces, that an RDD (Horovod's, approxQuantile's) or a command names no dataset, and,
+# at ERROR, that a Delta command without a query execution gets no event. A successful job's console
+# shows none of it; the listener's own failures to send still reach the log at ERROR.
+_LISTENER_LOG_LEVELS = {
+    "io.openlineage": "ERROR",
+    "io.openlineage.spark.agent.lifecycle.ContextFactory": "OFF",
+}
+
+
+def _quiet_listener(session: SparkSession) -> None:
+    jvm = session.sparkContext._jvm
+    for logger, level in _LISTENER_LOG_LEVELS.items():
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(logger, jvm.org.apache.logging.log4j.Level.valueOf(level))
