@@ -223,6 +223,18 @@ def task_retries(master: str) -> bool:
     return found.group(2) is not None and int(found.group(2)) >= 2
 
 
+def _server_url(url: str | None, what: str, credentials_advice: str) -> str | None:
+    """``url`` when it is http(s)://host[:port] without credentials in it; a refusal never repeats them."""
+    if url is None:
+        return None
+    split = urllib.parse.urlsplit(url)
+    if split.username or split.password:
+        raise ValueError(f"{what} must not carry credentials: {credentials_advice}")
+    if split.scheme not in ("http", "https") or not split.hostname:
+        raise ValueError(f"{url!r}: expected http://host[:port] or https://host[:port]")
+    return url
+
+
 class SparkSettings(_Strict):
     master: str = "local[2]"
     app_name: str = "shardlake"
@@ -270,15 +282,8 @@ class LakeSettings(_Strict):
     @field_validator("endpoint")
     @classmethod
     def _endpoint_without_secrets(cls, endpoint: str | None) -> str | None:
-        if endpoint is None:
-            return None
-        split = urllib.parse.urlsplit(endpoint)
-        if split.scheme not in ("http", "https") or not split.hostname:
-            raise ValueError(f"{endpoint!r}: expected http://host[:port] or https://host[:port]")
-        if split.username or split.password:
-            raise ValueError("the endpoint must not carry credentials: set them in the environment "
-                             "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or use a profile or an instance role")
-        return endpoint
+        return _server_url(endpoint, "the endpoint", "set them in the environment (AWS_ACCESS_KEY_ID, "
+                                                     "AWS_SECRET_ACCESS_KEY) or use a profile or an instance role")
 
     def store_settings(self) -> StoreSettings:
         return StoreSettings(endpoint=self.endpoint, region=self.region, path_style=self.path_style)
@@ -433,15 +438,7 @@ class MonitoringSettings(_Strict):
     @field_validator("pushgateway_url")
     @classmethod
     def _gateway_without_secrets(cls, url: str | None) -> str | None:
-        if url is None:
-            return None
-        split = urllib.parse.urlsplit(url)
-        if split.scheme not in ("http", "https") or not split.hostname:
-            raise ValueError(f"{url!r}: expected http://host:port or https://host:port")
-        if split.username or split.password:
-            raise ValueError("the Pushgateway URL must not carry credentials: a configuration file is no place "
-                             "for them")
-        return url
+        return _server_url(url, "the Pushgateway URL", "a configuration file is no place for them")
 
     @property
     def prometheus(self) -> PrometheusSettings:
