@@ -16,12 +16,12 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, push_to_gateway
 
 from shardlake.config import PrometheusSettings
 from shardlake.folders import Folder
+from shardlake.ops import shown
 
 TEXTFILE = "metrics.prom"
 PREFIX = "shardlake_"
@@ -162,7 +162,7 @@ def export(registry: CollectorRegistry, folder: Folder | str, settings: Promethe
                             timeout=settings.push_timeout_s)
         except Exception as err:  # noqa: BLE001 - refused, unreachable, timed out, rejected: all one warning
             log.warning("prometheus: push of job %r dataset %r to %s failed: %s", job, dataset,
-                        _without_credentials(settings.pushgateway_url), _one_line(err))
+                        shown(settings.pushgateway_url), _one_line(err))
     return location
 
 
@@ -199,13 +199,6 @@ def export_pipeline(dataset: str, stage_seconds: Mapping[str, float], run: str, 
 def now() -> float:
     """The Unix time a job finished (the ``finished_at`` of the ``*_metrics`` functions)."""
     return time.time()
-
-
-def _without_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
 
 
 def _one_line(err: BaseException) -> str:

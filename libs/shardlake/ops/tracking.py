@@ -23,10 +23,10 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from shardlake.config import MlflowSettings
 from shardlake.lake import Lake
+from shardlake.ops import shown
 
 EMBEDDED_DIR = "_mlflow"
 DB_FILE = "mlflow.db"
@@ -127,14 +127,6 @@ def _quiet_uri(uri: str) -> Iterator[None]:
             yield
     finally:
         mlflow.set_tracking_uri(previous)
-
-
-def shown(uri: str) -> str:
-    """``uri`` as a message may show it: without a user and password (http://user:secret@host)."""
-    parts = urlsplit(uri)
-    if parts.password is None and parts.username is None:
-        return uri
-    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
 
 
 def _fail(what: str, t: Target, err: Exception) -> TrackingError:
