@@ -36,6 +36,7 @@ from openlineage.client.transport.http import ApiKeyTokenProvider, HttpConfig, H
 from openlineage.client.uuid import generate_new_uuid
 
 from shardlake.config import LineageSettings
+from shardlake.storage import is_url
 
 log = logging.getLogger("shardlake.lineage")
 
@@ -55,7 +56,7 @@ def events_folder(settings: LineageSettings, lake_root: str) -> Path:
     lake, else a local state folder (an object store has no append for the listener's file)."""
     if settings.location:
         return Path(settings.location).expanduser()
-    if "://" not in lake_root:
+    if not is_url(lake_root):
         return Path(lake_root) / "_lineage"
     state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
     return Path(state) / "shardlake" / "lineage"
