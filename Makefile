@@ -10,6 +10,8 @@ PY := $(VENV)/bin/python
 CACHE ?= $(HOME)/.cache/shardlake
 HOROVOD_WHEELS := $(CACHE)/wheels
 export SHARDLAKE_JARS ?= $(CACHE)/jars
+# The servers' programs that are not Debian packages (the GCS emulator of the tests).
+export SHARDLAKE_BIN ?= $(CACHE)/bin
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYTHONWARNINGS ?= ignore::FutureWarning,ignore::DeprecationWarning
@@ -56,9 +58,10 @@ airflow: install airflow-install   # scheduler + UI on http://localhost:8080
 demo: install
 	$(VENV)/bin/shardlake-pipeline --conf conf/base.yaml --logical-date $(DEMO_DATE)
 
-# Debian's Prometheus, promtool and Pushgateway, which the metrics tests start on loopback (idempotent).
+# Debian's Prometheus, promtool and Pushgateway, which the metrics tests start on loopback, and the GCS
+# emulator of the gs:// tests (idempotent).
 servers:
-	scripts/install_servers.sh
+	scripts/install_servers.sh $(SHARDLAKE_BIN)
 
 test: install airflow-install servers
 	$(VENV)/bin/pytest

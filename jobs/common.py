@@ -6,13 +6,14 @@ import datetime as dt
 import json
 import logging
 import sys
+import urllib.parse
 from pathlib import Path
 
 from shardlake.config import AppConfig, ConfigError, load_config
 from shardlake.lake import Lake
 from shardlake.ops import lineage
 from shardlake.ops.progress import JobProgress, is_live
-from shardlake.session import build_session
+from shardlake.session import CONNECTOR_SCHEMES, build_session
 from shardlake.storage import StorageError, is_url
 
 DEFAULT_CONF = Path(__file__).resolve().parent.parent / "conf" / "base.yaml"
@@ -62,12 +63,14 @@ def base_dir(args: argparse.Namespace) -> Path:
     return first.parent.parent if first.parent.name == "conf" else first.parent
 
 
-def needs_object_store(config: AppConfig) -> bool:
-    """True when the lake, the source or a join source is on an object store: the session then needs
-    the S3A connector (280 MB, which a cluster's executors each fetch, so only then)."""
+def connectors(config: AppConfig) -> list[str]:
+    """The object stores' Hadoop schemes (``s3a``, ``gs``) of the lake, the source and the join sources:
+    the session carries those connectors only (S3A's is 280 MB, which a cluster's executors each fetch)."""
     dataset = config.dataset
-    return any(is_url(location) for location in
-               [config.lake.root, dataset.source.path, *[join.source.path for join in dataset.joins]])
+    schemes = {urllib.parse.urlsplit(location).scheme.lower() for location in
+               [config.lake.root, dataset.source.path, *[join.source.path for join in dataset.joins]]
+               if is_url(location)}
+    return sorted(schemes & set(CONNECTOR_SCHEMES))
 
 
 def start(config: AppConfig):
@@ -86,7 +89,7 @@ def start(config: AppConfig):
         logging.getLogger("shardlake").warning("%s", warning)
     settings = {**lake.store.spark_settings(), **config.spark.settings}
     spark = build_session(config.spark.master, config.spark.app_name, settings,
-                          object_store=needs_object_store(config),
+                          connectors=connectors(config),
                           lineage=lineage.spark_settings(config.monitoring.lineage, lake.root))
     spark.sparkContext.setLogLevel("WARN")
     return spark, lake

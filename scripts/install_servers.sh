@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
-# The Prometheus servers the tests start on loopback (tests/prometheus_servers.py): Debian's prometheus
-# (with promtool) and prometheus-pushgateway. Idempotent: nothing to do when all three are on PATH.
-# The tests use ports of their own; a daemon the package may start on the default ports is not used.
+# The servers the tests start on loopback:
+# - Debian's prometheus (with promtool) and prometheus-pushgateway (tests/prometheus_servers.py);
+# - fake-gcs-server, a GCS emulator built from its Go module into BIN_DIR (tests/gcs_server.py).
+# Idempotent: nothing to do for what is already there. The tests use ports of their own; a daemon a
+# package may start on the default ports is not used.
+# Usage: scripts/install_servers.sh [BIN_DIR]   (default ~/.cache/shardlake/bin)
 set -euo pipefail
+bin_dir=${1:-$HOME/.cache/shardlake/bin}
+fake_gcs_version=v1.56.1
+if [ ! -x "$bin_dir/fake-gcs-server" ]; then
+    command -v go >/dev/null || { echo "install_servers: Go is needed to build fake-gcs-server (the GCS emulator" \
+                                      "of the tests); install Go 1.22 or later" >&2; exit 1; }
+    mkdir -p "$bin_dir"
+    GOBIN="$(cd "$bin_dir" && pwd)" go install "github.com/fsouza/fake-gcs-server@$fake_gcs_version"
+fi
 if command -v prometheus >/dev/null && command -v prometheus-pushgateway >/dev/null && command -v promtool >/dev/null; then
     exit 0
 fi

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shardlake.session import build_session
+from shardlake.session import CONNECTOR_SCHEMES, build_session
 
 REPO = Path(__file__).resolve().parent.parent
 # pyspark.testing imports pandas-on-Spark, which wants this set before any Spark context starts.
@@ -34,7 +34,7 @@ def spark():
             "spark.driver.memory": "2g",
             "spark.sql.adaptive.enabled": "false",
         },
-        object_store=True,
+        connectors=CONNECTOR_SCHEMES,
     )
     session.sparkContext.setLogLevel("ERROR")
     yield session
@@ -48,6 +48,15 @@ def s3_server():
     from s3_server import S3Server
 
     with S3Server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """A real GCS-compatible server (fake-gcs-server, its own process) on loopback."""
+    from gcs_server import GcsServer
+
+    with GcsServer() as server:
         yield server
 
 

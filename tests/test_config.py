@@ -118,8 +118,17 @@ def test_an_s3_lake_root_must_use_the_s3a_scheme():
 
 
 def test_a_lake_root_on_an_unsupported_store_is_refused_naming_the_field():
-    with pytest.raises(ConfigError, match=r"lake.root: .*gs:// is not supported yet"):
-        load_config([BASE], ["lake.root=gs://bucket/lake"])
+    with pytest.raises(ConfigError, match=r"lake.root: .*abfss:// is not supported yet"):
+        load_config([BASE], ["lake.root=abfss://lake@account.dfs.core.windows.net/lake"])
+
+
+def test_a_gcs_lake_root_must_use_the_gs_scheme():
+    with pytest.raises(ConfigError, match=r"lake.root: .*'gcs://bucket/lake': use gs://"):
+        load_config([BASE], ["lake.root=gcs://bucket/lake"])
+
+
+def test_a_gs_lake_root_is_accepted():
+    assert load_config([BASE], ["lake.root=gs://bucket/lake"]).lake.root == "gs://bucket/lake"
 
 
 def test_an_endpoint_carrying_credentials_is_refused():

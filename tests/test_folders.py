@@ -1,4 +1,4 @@
-"""shardlake.folders: a run's folder behaves the same on a local folder and on an S3 server (real, over HTTP)."""
+"""shardlake.folders: a run's folder behaves the same on a local folder, an S3 server and a GCS server (real, over HTTP)."""
 from __future__ import annotations
 
 import pytest
@@ -6,10 +6,13 @@ import pytest
 from shardlake.folders import Folder, LakePathError
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "gcs"])
 def folder(request, tmp_path):
     if request.param == "local":
         return Folder(tmp_path / "run")
+    if request.param == "gcs":
+        server = request.getfixturevalue("gcs_server")
+        return Folder(f"gs://{server.bucket('folder')}/lake/models/run", server.settings)
     server = request.getfixturevalue("s3_server")
     return Folder(f"s3a://{server.bucket('folder')}/lake/models/run", server.settings)
 

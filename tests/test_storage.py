@@ -1,4 +1,4 @@
-"""shardlake.storage: one interface over a local folder, an S3 store and HDFS (real servers), escapes refused."""
+"""shardlake.storage: one interface over a local folder, an S3 store, GCS and HDFS (real servers), escapes refused."""
 from __future__ import annotations
 
 import os
@@ -83,6 +83,74 @@ def test_an_s3_store_writes_reads_globs_and_deletes_over_the_server(s3_server):
     listed = [i.path for i in s3_server.filesystem().get_file_info(pafs.FileSelector(bucket, recursive=True))
               if i.type == pafs.FileType.File]
     assert listed == [f"{bucket}/lake/landing/2024-01-05/a.csv"]
+
+
+def test_a_gcs_store_writes_reads_globs_and_deletes_over_the_server(gcs_server):
+    bucket = gcs_server.bucket("roundtrip")
+    store = Store.create(f"gs://{bucket}/lake", gcs_server.settings)
+    store.check()
+    _roundtrip(store)
+    assert gcs_server.object_keys(bucket) == [f"{bucket}/lake/landing/2024-01-05/a.csv"]
+
+
+def test_a_gcs_emulator_named_by_storage_emulator_host_is_used_unsigned(gcs_server, monkeypatch):
+    # Google's client libraries' convention: host:port, no scheme, and no credentials sent.
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"127.0.0.1:{gcs_server.port}")
+    bucket = gcs_server.bucket("emulator-host")
+    gcs_server.write_object(f"{bucket}/landing/a.csv", b"x\n1\n")
+    assert Store.create(f"gs://{bucket}/lake", StoreSettings()).glob(f"gs://{bucket}/landing/*.csv") == \
+        [f"gs://{bucket}/landing/a.csv"]
+
+
+def test_a_missing_gcs_bucket_is_one_line_naming_the_url(gcs_server):
+    store = Store.create("gs://no-such-gcs-bucket/lake", gcs_server.settings)
+    with pytest.raises(StorageError, match=r"^gs://no-such-gcs-bucket/lake: the bucket 'no-such-gcs-bucket' "
+                                           r"does not exist") as err:
+        store.check()
+    assert "\n" not in str(err.value)
+
+
+def test_an_unreachable_gcs_endpoint_is_one_line_naming_it_at_once():
+    from cluster import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(StorageError, match=rf"^gs://bucket/lake: the GCS endpoint {endpoint} cannot be reached"):
+        Store.create("gs://bucket/lake", StoreSettings(endpoint=endpoint)).check()
+
+
+def test_table_location_speaks_delta_rs_gcs_with_a_keyless_emulator_account():
+    import json
+
+    Store.create("gs://tables-gcs/lake", StoreSettings(endpoint="http://127.0.0.1:9"))
+    uri, options = table_location("gs://tables-gcs/lake/flights/clean")
+    assert (uri, json.loads(options["google_service_account_key"])) == ("gs://tables-gcs/lake/flights/clean", {
+        "gcs_base_url": "http://127.0.0.1:9", "disable_oauth": True, "client_email": "", "private_key": "",
+        "private_key_id": ""})
+
+
+@pytest.mark.parametrize("parts", [("..", "other"), ("%2e%2e", "x")])
+def test_a_gcs_store_refuses_a_location_outside_its_root(parts):
+    with pytest.raises(LakePathError, match="outside gs://bucket/lake"):
+        Store.create("gs://bucket/lake").child(*parts)
+
+
+def test_a_gcs_store_does_not_contain_the_same_key_of_another_scheme():
+    assert Store.create("gs://bucket/lake").contains("s3a://bucket/lake/x") is False
+
+
+def test_gcs_is_spelled_gs_as_hadoops_connector_spells_it():
+    with pytest.raises(StorageError, match=r"gcs://bucket/lake: use gs://"):
+        Store.create("gcs://bucket/lake")
+
+
+def test_the_gcs_connector_is_pointed_at_an_emulator_unsigned_and_at_google_with_its_own_credentials():
+    from shardlake.storage import gcs_connector_settings
+
+    emulated = gcs_connector_settings(StoreSettings(endpoint="http://127.0.0.1:4443"))
+    google = gcs_connector_settings(StoreSettings())
+    assert (emulated["spark.hadoop.fs.gs.storage.root.url"], emulated["spark.hadoop.fs.gs.auth.null.enable"]) == \
+        ("http://127.0.0.1:4443/", "true")
+    assert not any("auth" in key or "root.url" in key for key in google)
 
 
 def test_an_hdfs_store_writes_reads_globs_and_deletes_over_the_namenode(hdfs_server):

@@ -255,16 +255,17 @@ class SparkSettings(_Strict):
 
 
 class LakeSettings(_Strict):
-    """Where the lake is: a local folder, ``s3a://bucket/prefix`` on an S3-compatible store, or
-    ``hdfs://namenode:port/path``.
+    """Where the lake is: a local folder, ``s3a://bucket/prefix`` on an S3-compatible store,
+    ``gs://bucket/prefix`` on Google Cloud Storage, or ``hdfs://namenode:port/path``.
 
     Only where the store is lives here (endpoint, region, addressing); credentials come from the
     environment, the Hadoop configuration or an instance profile, never from a file in the repo.
     """
 
     root: str = "./lake"
-    endpoint: str | None = Field(default=None, description="S3 endpoint URL, e.g. http://127.0.0.1:9000; "
-                                                           "None: AWS's, or AWS_ENDPOINT_URL")
+    endpoint: str | None = Field(default=None, description=(
+        "S3 endpoint URL, e.g. http://127.0.0.1:9000 (None: AWS's, or AWS_ENDPOINT_URL); for gs://, a GCS "
+        "emulator's URL, spoken to unsigned (None: Google's, or STORAGE_EMULATOR_HOST)"))
     region: str | None = None
     path_style: bool = Field(default=False, description="path-style requests (most S3 servers other than AWS)")
 
@@ -274,8 +275,10 @@ class LakeSettings(_Strict):
         scheme = urllib.parse.urlsplit(root).scheme.lower() if "://" in root else ""
         if scheme in ("s3", "s3n"):
             raise ValueError(f"{root!r}: use s3a:// (the scheme of Hadoop's S3A connector, which Spark writes with)")
-        if scheme not in ("", "file", "s3a", "hdfs"):
-            raise ValueError(f"{root!r}: a lake root is a local folder, an s3a:// or an hdfs:// URL "
+        if scheme == "gcs":
+            raise ValueError(f"{root!r}: use gs:// (the scheme of Hadoop's GCS connector, which Spark writes with)")
+        if scheme not in ("", "file", "s3a", "gs", "hdfs"):
+            raise ValueError(f"{root!r}: a lake root is a local folder, an s3a://, a gs:// or an hdfs:// URL "
                              f"({scheme}:// is not supported yet)")
         return root
 

@@ -15,6 +15,11 @@ DELTA_VERSION = "3.3.3"
 DELTA_ARTIFACTS = ("delta-spark_2.12", "delta-storage")
 # The S3A connector of pip pyspark's own Hadoop (hadoop-client-api 3.3.4), with the AWS SDK bundle its POM names.
 S3A_ARTIFACTS = (("org.apache.hadoop", "hadoop-aws", "3.3.4"), ("com.amazonaws", "aws-java-sdk-bundle", "1.12.262"))
+# Google's GCS connector, shaded (its own Guava and HTTP client). The hadoop3-2.2 line: the 3.x and 4.x lines
+# call Hadoop 3.3.5+ APIs (Options.OpenFileOptions) that pyspark's Hadoop 3.3.4 lacks, and fail on every read.
+GCS_CONNECTOR_JAR = "gcs-connector-hadoop3-2.2.28-shaded.jar"
+# Which object store each Hadoop scheme's connector reaches (hdfs:// is in pyspark's own Hadoop client).
+CONNECTOR_SCHEMES = ("s3a", "gs")
 # OpenLineage's Spark listener (scripts/fetch_jars.sh caches it), for jobs with lineage on.
 OPENLINEAGE_ARTIFACT = ("io.openlineage", "openlineage-spark_2.12", "1.53.0")
 
@@ -52,6 +57,26 @@ def s3a_jars(cache: Path) -> list[Path]:
     """The cached S3A connector jars, or an empty list when the cache lacks one."""
     jars = [cache / f"{artifact}-{version}.jar" for _, artifact, version in S3A_ARTIFACTS]
     return jars if all(j.is_file() for j in jars) else []
+
+
+def connector_jars(cache: Path, schemes: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """(cached jars, Maven packages to resolve) of the Hadoop connectors for ``schemes`` (``s3a``, ``gs``).
+
+    The GCS connector has no Maven coordinate Spark can resolve (it is a classifier of its artifact):
+    without the cached jar the session cannot start, which is said in one line.
+    """
+    found: list[Path] = []
+    packages: list[str] = []
+    if "s3a" in schemes:
+        connector = s3a_jars(cache)
+        found += connector
+        packages += [] if connector else [":".join(S3A_ARTIFACTS[0])]
+    if "gs" in schemes:
+        if not (cache / GCS_CONNECTOR_JAR).is_file():
+            raise RuntimeError(f"{cache}: no {GCS_CONNECTOR_JAR} (Hadoop's GCS connector); run "
+                               f"scripts/fetch_jars.sh {cache}")
+        found.append(cache / GCS_CONNECTOR_JAR)
+    return found, packages
 
 
 def openlineage_jar(cache: Path) -> Path | None:
@@ -140,7 +165,7 @@ def build_session(
     app_name: str,
     settings: Mapping[str, str] | None = None,
     jars: Sequence[Path] | None = None,
-    object_store: bool = False,
+    connectors: Sequence[str] = (),
     lineage: Mapping[str, str] | None = None,
 ) -> SparkSession:
     """Start (or join) a Spark session with Delta enabled.
@@ -148,8 +173,8 @@ def build_session(
     Under spark-submit the submitted master wins over ``master``. The Delta jars come from the
     local cache when present, else Spark resolves them from Maven once (``spark.jars.packages``).
     Python workers run the interpreter ``worker_python`` picks (exported as PYSPARK_PYTHON, the
-    one thing PySpark reads when it starts a context). ``object_store``: the S3A connector too
-    (cached by scripts/fetch_jars.sh, else resolved from Maven), for ``s3a://`` lakes and sources.
+    one thing PySpark reads when it starts a context). ``connectors``: the Hadoop schemes of the object
+    stores the session reaches (``s3a``, ``gs``), whose connectors' jars it adds (``connector_jars``).
     ``lineage``: settings that attach OpenLineage's listener (``shardlake.ops.lineage.spark_settings``);
     its jar is added the same way. A session that already runs keeps the listeners it started with.
     """
@@ -166,10 +191,9 @@ def build_session(
     cache = default_jar_cache()
     found = list(jars) if jars is not None else delta_jars(cache)
     packages = [] if found else [f"io.delta:{name}:{DELTA_VERSION}" for name in DELTA_ARTIFACTS]
-    if object_store:
-        connector = s3a_jars(cache)
-        found += connector
-        packages += [] if connector else [":".join(S3A_ARTIFACTS[0])]
+    connector, connector_packages = connector_jars(cache, connectors)
+    found += connector
+    packages += connector_packages
     submitted_jars = submitted.get("spark.jars", "")
     if lineage and os.environ.get("PYSPARK_GATEWAY_PORT") and "openlineage-spark" not in submitted_jars:
         # Under spark-submit the driver's class path is fixed: a listener it cannot load would stop the job.

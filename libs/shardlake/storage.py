@@ -1,11 +1,12 @@
 """Where bytes live: one small interface over a local folder and object stores, chosen by URL.
 
-Spark reads and writes tables itself, through the Hadoop connectors (``s3a://`` and ``hdfs://``
-are the ones tested and configured here; ``abfss://`` and ``gs://`` are refused until they are).
+Spark reads and writes tables itself, through the Hadoop connectors (``s3a://``, ``gs://`` and
+``hdfs://`` are the ones tested and configured here; ``abfss://`` is refused until it can be tested
+against a real server: no emulator of Azure's DFS API exists).
 Everything else the platform stores or lists (source files and their headers, model weights,
 cards, checkpoints, run reports, plots, staging areas) goes through a ``Store``, made by
 ``Store.create(url)`` the way horovod's ``Store.create`` picks HDFS, DBFS or a local folder. The
-file systems are ``pyarrow.fs``'s (S3 and local) and, for HDFS, ``hdfs-native``'s fsspec client
+file systems are ``pyarrow.fs``'s (S3, GCS and local) and, for HDFS, ``hdfs-native``'s fsspec client
 (HDFS's own RPC protocol, no JVM or libhdfs, as delta-rs speaks it) seen through ``pyarrow.fs``;
 so no storage protocol is written here. What is written here is what no library does for us: one
 spelling of a location per scheme (Spark's ``s3a://bucket/key`` and pyarrow's ``bucket/key`` name
@@ -13,12 +14,17 @@ the same object), and the check that a derived location stays under its root, on
 (``..``, ``%2e%2e``, another bucket or another scheme are refused).
 
 Credentials are never configured here: pyarrow and the S3A connector both take them from the
-environment (``AWS_ACCESS_KEY_ID`` ...), their own configuration files or an instance profile.
-Only where the store is (``endpoint``, ``region``, path-style addressing) is configuration.
+environment (``AWS_ACCESS_KEY_ID`` ...), their own configuration files or an instance profile; for
+GCS, pyarrow, delta-rs and the GCS connector find Google's application default credentials
+(``GOOGLE_APPLICATION_CREDENTIALS``, or the instance's service account). Only where the store is
+(``endpoint``, ``region``, path-style addressing) is configuration. A ``gs://`` endpoint is an
+emulator (``lake.endpoint``, or ``STORAGE_EMULATOR_HOST`` as Google's own client libraries read it),
+spoken to without credentials, as those libraries do.
 """
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import socket
 import urllib.parse
@@ -32,7 +38,8 @@ import pyarrow.fs as pafs
 # Spark's Hadoop schemes and the one pyarrow (and delta-rs) use for the same store.
 _S3 = ("s3a", "s3", "s3n")
 _HDFS = ("hdfs",)
-_OTHER = ("gs", "gcs", "viewfs", "abfss", "abfs", "wasbs")
+_GCS = ("gs",)
+_OTHER = ("gcs", "viewfs", "abfss", "abfs", "wasbs", "wasb")
 _GLOB = set("*?[")
 
 
@@ -61,6 +68,17 @@ class StoreSettings:
 
     def resolved_region(self, environ: Mapping[str, str] = os.environ) -> str:
         return self.region or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+    def gcs_emulator(self, environ: Mapping[str, str] = os.environ) -> str | None:
+        """The URL of a GCS emulator (``endpoint``, else ``STORAGE_EMULATOR_HOST``), or None for Google's own.
+
+        Google's client libraries read ``STORAGE_EMULATOR_HOST`` (``host:port`` or a URL) and then send
+        requests unsigned; every GCS client here does the same for either spelling.
+        """
+        endpoint = self.endpoint or environ.get("STORAGE_EMULATOR_HOST") or None
+        if endpoint and "://" not in endpoint:
+            endpoint = f"http://{endpoint}"
+        return endpoint.rstrip("/") if endpoint else None
 
 
 def is_url(location: str) -> bool:
@@ -324,13 +342,20 @@ class ObjectStore(Store):
             self.fs.get_file_info(pafs.FileSelector(self._fs_path(self.root), allow_not_found=True))
         except OSError as err:
             raise StorageError(f"{self.root}: cannot be read with the credentials of this environment "
-                               f"({_first_line(err)}); set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile "
-                               "or an instance role that may read it") from None
+                               f"({_first_line(err)}); {_CREDENTIALS_HINT.get(self.location.scheme, _S3_HINT)}"
+                               ) from None
 
     def spark_settings(self) -> dict[str, str]:
+        if self.location.scheme in _GCS:
+            return gcs_connector_settings(self.settings)
         if self.location.scheme not in _S3:
             return {}
         return s3a_settings(self.settings)
+
+
+_S3_HINT = "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile or an instance role that may read it"
+_CREDENTIALS_HINT = {"gs": "set GOOGLE_APPLICATION_CREDENTIALS to a service account's key file, or run with an "
+                           "instance service account, that may read it"}
 
 
 class HdfsStore(ObjectStore):
@@ -383,8 +408,47 @@ class HdfsStore(ObjectStore):
         return {}  # Spark's own Hadoop client speaks HDFS
 
 
+class GcsStore(ObjectStore):
+    """A bucket of Google Cloud Storage (``gs://bucket/prefix``), through pyarrow's GCS file system."""
+
+    def delete(self, location: str) -> None:
+        path = self._fs_path(location)
+        if self.fs.get_file_info(path).type != pafs.FileType.Directory:
+            return super().delete(location)
+        # A folder on GCS is often only a prefix of its objects, with no marker object of its own,
+        # which pyarrow's delete_dir insists on removing too.
+        self.fs.delete_dir_contents(path, missing_dir_ok=True)
+        try:
+            self.fs.delete_file(f"{path}/")
+        except FileNotFoundError:
+            pass
+
+    def check(self) -> None:
+        # pyarrow's GCS client retries a refused connection for a minute or more; an emulator that
+        # refuses a TCP connection is down or misnamed, which is said at once.
+        emulator = self.settings.gcs_emulator()
+        if emulator:
+            split = urllib.parse.urlsplit(emulator)
+            try:
+                socket.create_connection((split.hostname, split.port or 80), timeout=10).close()
+            except OSError as err:
+                raise StorageError(f"{self.root}: the GCS endpoint {emulator} cannot be reached ({err}); check "
+                                   "lake.endpoint or STORAGE_EMULATOR_HOST") from None
+        super().check()
+
+
 def _store_class(location: Location) -> type[ObjectStore]:
-    return HdfsStore if location.scheme in _HDFS else ObjectStore
+    return HdfsStore if location.scheme in _HDFS else GcsStore if location.scheme in _GCS else ObjectStore
+
+
+def _delta_rs_gcs_options(settings: StoreSettings) -> dict[str, str]:
+    emulator = settings.gcs_emulator()
+    if not emulator:
+        return {}  # delta-rs finds Google's application default credentials itself
+    # object_store (delta-rs's storage layer) reaches a GCS emulator only through a service-account
+    # key's ``gcs_base_url``, unsigned with ``disable_oauth``: a key that holds no secret.
+    return {"google_service_account_key": json.dumps({
+        "gcs_base_url": emulator, "disable_oauth": True, "client_email": "", "private_key": "", "private_key_id": ""})}
 
 
 def _delta_rs_options(settings: StoreSettings) -> dict[str, str]:
@@ -407,6 +471,8 @@ def table_location(location: str) -> tuple[str, dict[str, str]]:
     if not is_url(location):
         return location, {}
     parsed = Location.parse(location)
+    if parsed.scheme in _GCS:
+        return parsed.url, _delta_rs_gcs_options(_settings_for(parsed))
     if parsed.scheme not in _S3:
         return location, {}
     return Location("s3", parsed.authority, parsed.key).url, _delta_rs_options(_settings_for(parsed))
@@ -453,13 +519,33 @@ def _object_fs(location: Location, settings: StoreSettings) -> pafs.FileSystem:
         return pafs.S3FileSystem(**kwargs)
     if location.scheme in _HDFS:
         return _hdfs_fs(location.authority)
+    if location.scheme in _GCS:
+        return _gcs_fs(settings)
+    if location.scheme == "gcs":
+        raise StorageError(f"{location.url}: use gs:// (the scheme of Hadoop's GCS connector, which Spark writes with)")
     if location.scheme in _OTHER:
-        # Spark itself reaches these through its Hadoop connectors; the platform's own files are
-        # not stored there yet (pyarrow 14 has no Azure file system; GCS is untested).
+        # Spark reaches Azure through its Hadoop connector, but nothing here can test abfss:// against a
+        # real server (no emulator serves Azure's DFS API) and pyarrow 14 has no Azure file system.
         raise StorageError(f"{location.url}: {location.scheme}:// is not supported as a lake or source yet; "
-                           "use s3a://, hdfs:// or a local folder")
-    raise StorageError(f"{location.url}: unknown storage scheme {location.scheme!r}; use a local path, s3a:// "
-                       "or hdfs://")
+                           "use s3a://, gs://, hdfs:// or a local folder")
+    raise StorageError(f"{location.url}: unknown storage scheme {location.scheme!r}; use a local path, s3a://, "
+                       "gs:// or hdfs://")
+
+
+# A GCS request that fails is retried by pyarrow's client for up to 15 minutes by default; a missing
+# bucket or an unreachable endpoint should be said well before that.
+_GCS_RETRY = 60
+
+
+def _gcs_fs(settings: StoreSettings) -> pafs.FileSystem:
+    from datetime import timedelta
+
+    emulator = settings.gcs_emulator()
+    if not emulator:
+        return pafs.GcsFileSystem(retry_time_limit=timedelta(seconds=_GCS_RETRY))
+    split = urllib.parse.urlsplit(emulator)
+    return pafs.GcsFileSystem(anonymous=True, endpoint_override=split.netloc, scheme=split.scheme,
+                              retry_time_limit=timedelta(seconds=_GCS_RETRY))
 
 
 def _hdfs_fs(authority: str) -> pafs.FileSystem:
@@ -480,4 +566,18 @@ def s3a_settings(settings: StoreSettings) -> dict[str, str]:
         conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(endpoint.startswith("https://")).lower()
     if settings.path_style:
         conf["spark.hadoop.fs.s3a.path.style.access"] = "true"
+    return conf
+
+
+def gcs_connector_settings(settings: StoreSettings) -> dict[str, str]:
+    """Spark's settings for Hadoop's GCS connector; credentials stay with the connector's own chain
+    (``GOOGLE_APPLICATION_CREDENTIALS``, the instance's service account). An emulator is spoken to
+    unsigned, as Google's client libraries do when ``STORAGE_EMULATOR_HOST`` is set."""
+    conf = {"spark.hadoop.fs.gs.impl": "com.google.cloud.hadoop.fs.gcs.GoogleHadoopFileSystem",
+            "spark.hadoop.fs.AbstractFileSystem.gs.impl": "com.google.cloud.hadoop.fs.gcs.GoogleHadoopFS"}
+    emulator = settings.gcs_emulator()
+    if emulator:
+        conf.update({"spark.hadoop.fs.gs.storage.root.url": f"{emulator}/",
+                     "spark.hadoop.fs.gs.auth.service.account.enable": "false",
+                     "spark.hadoop.fs.gs.auth.null.enable": "true"})
     return conf

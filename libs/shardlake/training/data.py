@@ -52,13 +52,13 @@ def row_group_count(urls: Sequence[str], store: StoreSettings = StoreSettings())
 
 
 def petastorm_filesystem(urls: Sequence[str], store: StoreSettings):
-    """The file system Petastorm reads s3:// or hdfs:// files with; None for local files (Petastorm's own).
+    """The file system Petastorm reads s3://, gs:// or hdfs:// files with; None for local files (Petastorm's own).
 
     Petastorm 0.13.1 hands an s3:// URL's bare fsspec file system to pyarrow 14, whose dataset
     API then refuses Petastorm's ``validate_schema``; wrapped in pyarrow's legacy ``S3FSWrapper``
     the legacy reader Petastorm was written for is used, as for local files. For hdfs:// its own
     route is libhdfs (a JVM library not installed here), so hdfs-native's fsspec client is wrapped
-    the same way.
+    the same way, and pyarrow's GCS file system too.
     """
     if not urls:
         return None
@@ -76,6 +76,11 @@ def petastorm_filesystem(urls: Sequence[str], store: StoreSettings):
             return legacy.S3FSWrapper(s3fs.S3FileSystem(client_kwargs=client))
         if urls[0].startswith("hdfs://"):
             return _fsspec_wrapper()(store_for(urls[0], store).fsspec)  # the namespace's one client
+        if urls[0].startswith("gs://"):
+            from fsspec.implementations.arrow import ArrowFSWrapper
+
+            # pyarrow's own GCS file system (the bucket's store), seen through fsspec: no second GCS client.
+            return _fsspec_wrapper()(ArrowFSWrapper(store_for(urls[0], store).fs))
     return None
 
 
