@@ -106,3 +106,21 @@ def test_other_readers_keep_petastorms_own_output(parquet_file):
         with make_batch_reader(file_urls([parquet_file]), num_epochs=1) as second:
             chunk = next(iter(second))
     assert chunk.s.dtype.kind == "U"
+
+
+def test_a_gs_url_becomes_its_bucket_and_key_without_gcsfs():
+    from urllib.parse import urlparse
+
+    import petastorm.fs_utils
+
+    install()
+    assert petastorm.fs_utils.get_dataset_path(urlparse("gs://bucket/lake/part-0.parquet")) == "bucket/lake/part-0.parquet"
+
+
+def test_other_urls_keep_petastorms_own_dataset_path_after_install():
+    from urllib.parse import urlparse
+
+    import petastorm.fs_utils
+
+    install()
+    assert petastorm.fs_utils.get_dataset_path(urlparse("file:///tmp/a/part-0.parquet")) == "/tmp/a/part-0.parquet"

@@ -80,8 +80,24 @@ def petastorm_filesystem(urls: Sequence[str], store: StoreSettings):
             from fsspec.implementations.arrow import ArrowFSWrapper
 
             # pyarrow's own GCS file system (the bucket's store), seen through fsspec: no second GCS client.
-            return _fsspec_wrapper()(ArrowFSWrapper(store_for(urls[0], store).fs))
+            return _arrow_files_wrapper()(ArrowFSWrapper(store_for(urls[0], store).fs))
     return None
+
+
+@lru_cache(maxsize=1)
+def _arrow_files_wrapper():
+    class ArrowFilesWrapper(_fsspec_wrapper()):
+        """The wrapper over a pyarrow file system seen through fsspec, whose files open as pyarrow's own.
+
+        fsspec's file object over pyarrow's GCS stream asks for the bytes after the last one when
+        Parquet's reader reaches the end, a range GCS refuses (416); pyarrow's file reads only ranges
+        inside the object, as the footer read of ``row_group_count`` does.
+        """
+
+        def open(self, path, mode="rb"):
+            return self.fs.fs.open_input_file(path) if mode == "rb" else super().open(path, mode)
+
+    return ArrowFilesWrapper
 
 
 @lru_cache(maxsize=1)

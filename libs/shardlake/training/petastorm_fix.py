@@ -1,4 +1,4 @@
-"""Two changes to Petastorm 0.13.1's batch reader: a race fix, and a columnar fast path.
+"""Three changes to Petastorm 0.13.1's batch reader: a race fix, a columnar fast path, and gs:// paths.
 
 1. ``ThreadPool.get_results`` first asks whether every worker is done, then whether the
    ventilator has finished. If the caller is preempted between the two checks while the
@@ -13,6 +13,11 @@
    flights table. ``columnar_results`` swaps, for one reader only, a results reader that hands
    over string columns as ``pandas.Categorical`` (Arrow's dictionary encoding: integer codes and
    a small dictionary) and numeric columns as NumPy arrays.
+
+3. Petastorm turns each URL into its file system's path with fsspec's ``strip_protocol``, which
+   imports the scheme's fsspec package even when the caller hands the file system over: for
+   ``gs://`` that is gcsfs, a second GCS client this platform does not use (it reads through
+   pyarrow's). ``gs://bucket/key`` becomes ``bucket/key`` here, as gcsfs itself would spell it.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import petastorm.fs_utils
 import petastorm.reader
 from petastorm.workers_pool import EmptyResultError
 from petastorm.workers_pool.thread_pool import ThreadPool
@@ -46,9 +52,19 @@ def install() -> None:
     every reader's exit (once per epoch per rank), which otherwise bury each rank's log.
     """
     petastorm.reader.ThreadPool = OrderedEndThreadPool
+    if petastorm.fs_utils.get_dataset_path is not _dataset_path:
+        _dataset_path.stock = petastorm.fs_utils.get_dataset_path
+        petastorm.fs_utils.get_dataset_path = _dataset_path
     petastorm.reader.Reader.cleanup_cache = _quiet_cleanup_cache
     for category in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category, module=r"petastorm(\..*)?$")
+
+
+def _dataset_path(parsed_url) -> str:
+    """Petastorm's get_dataset_path, with ``gs://bucket/key`` -> ``bucket/key`` without gcsfs."""
+    if parsed_url.scheme.lower() == "gs":
+        return f"{parsed_url.netloc}{parsed_url.path}"
+    return _dataset_path.stock(parsed_url)
 
 
 def _quiet_cleanup_cache(self) -> None:
