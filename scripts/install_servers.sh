@@ -10,7 +10,7 @@ bin_dir=${1:-$HOME/.cache/shardlake/bin}
 fake_gcs_version=v1.56.1
 if [ ! -x "$bin_dir/fake-gcs-server" ]; then
     command -v go >/dev/null || { echo "install_servers: Go is needed to build fake-gcs-server (the GCS emulator" \
-                                      "of the tests); install Go 1.22 or later" >&2; exit 1; }
+                                      "of the tests); install Go 1.26 or later" >&2; exit 1; }
     mkdir -p "$bin_dir"
     GOBIN="$(cd "$bin_dir" && pwd)" go install "github.com/fsouza/fake-gcs-server@$fake_gcs_version"
 fi

@@ -25,6 +25,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def serve(command: list[str], port: int, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A server process (output discarded) once it accepts connections on loopback ``port``, within 30 s."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return process
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"{name} did not start on port {port}") from None
+            time.sleep(0.1)
+
+
 def spark_env() -> dict[str, str]:
     """Environment for the daemons and for jobs submitted to them: the project's Python everywhere."""
     env = dict(os.environ)

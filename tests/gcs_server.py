@@ -11,15 +11,14 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from cluster import free_port
+from cluster import free_port, serve
+from object_server import ObjectServer
 from shardlake.storage import StoreSettings, gcs_connector_settings
 
 
@@ -35,8 +34,10 @@ def server_program() -> Path:
     raise RuntimeError(f"no fake-gcs-server in {folder} or on PATH; run scripts/install_servers.sh {folder}")
 
 
-class GcsServer:
+class GcsServer(ObjectServer):
     """fake-gcs-server on a free loopback port for the block; ``endpoint`` is its URL."""
+
+    scheme = "gs"
 
     def __init__(self) -> None:
         self.port = free_port()
@@ -45,19 +46,11 @@ class GcsServer:
 
     def __enter__(self) -> "GcsServer":
         # -public-host: the host the XML API (object GETs and PUTs by path, as delta-rs sends them) answers on.
-        self._process = subprocess.Popen(
+        self._process = serve(
             [str(server_program()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
              "-public-host", f"127.0.0.1:{self.port}", "-backend", "memory", "-log-level", "error"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
-                return self
-            except OSError:
-                if self._process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"fake-gcs-server did not start on port {self.port}") from None
-                time.sleep(0.1)
+            self.port, "fake-gcs-server")
+        return self
 
     def __exit__(self, *exc) -> None:
         self._process.terminate()
@@ -74,20 +67,6 @@ class GcsServer:
         urllib.request.urlopen(request, timeout=10).close()
         return bucket
 
-    def write_object(self, url: str, data: bytes) -> None:
-        with self.filesystem().open_output_stream(url.split("://", 1)[-1]) as out:
-            out.write(data)
-
-    def read_object(self, url: str) -> bytes:
-        """An object's bytes (``gs://bucket/key`` or ``bucket/key``), read straight from the server."""
-        with self.filesystem().open_input_stream(url.split("://", 1)[-1]) as stored:
-            return stored.read()
-
-    def object_keys(self, prefix: str) -> list[str]:
-        """Every object under ``bucket/prefix``, as ``bucket/key`` paths."""
-        selector = pafs.FileSelector(prefix, recursive=True, allow_not_found=True)
-        return sorted(i.path for i in self.filesystem().get_file_info(selector) if i.type == pafs.FileType.File)
-
     def delta_table(self, url: str):
         """A Delta table on this server opened by delta-rs, past Spark."""
         from deltalake import DeltaTable
@@ -100,13 +79,6 @@ class GcsServer:
         return {"google_service_account_key": json.dumps({
             "gcs_base_url": self.endpoint, "disable_oauth": True, "client_email": "", "private_key": "",
             "private_key_id": ""})}
-
-    def read_delta(self, url: str, columns: list[str] | None = None):
-        """A table's current files as delta-rs lists them, read by pyarrow from this server."""
-        import pyarrow.parquet as pq
-
-        files = [f.removeprefix("gs://") for f in self.delta_table(url).file_uris()]
-        return pq.read_table(files, filesystem=self.filesystem(), columns=columns)
 
     def point(self, spark) -> None:
         """Point a running session's GCS connector at this server (the test session starts before it)."""

@@ -7,20 +7,21 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from cluster import free_port
+from cluster import free_port, serve
+from object_server import ObjectServer
 from shardlake.storage import StoreSettings, s3a_settings
 
 
-class S3Server:
+class S3Server(ObjectServer):
     """``moto_server`` on a free loopback port for the block; ``endpoint`` is its URL."""
+
+    scheme = "s3"
 
     def __init__(self, authenticate_after: int | None = None) -> None:
         # moto checks request signatures against its own IAM only after this many requests (None: never).
@@ -34,17 +35,8 @@ class S3Server:
         env = dict(os.environ)
         if self.authenticate_after is not None:
             env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(self.authenticate_after)
-        self._process = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(self.port)], env=env,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
-                return self
-            except OSError:
-                if self._process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server did not start on port {self.port}") from None
-                time.sleep(0.1)
+        self._process = serve([str(server), "-H", "127.0.0.1", "-p", str(self.port)], self.port, "moto_server", env)
+        return self
 
     def __exit__(self, *exc) -> None:
         self._process.terminate()
@@ -69,26 +61,6 @@ class S3Server:
         from deltalake import DeltaTable
 
         return DeltaTable(url.replace("s3a://", "s3://", 1), storage_options=self.delta_options())
-
-    def read_delta(self, url: str, columns: list[str] | None = None):
-        """A table's current files as delta-rs lists them, read by pyarrow from this server.
-
-        (delta-rs 1.6's own pyarrow dataset of a partitioned table needs a newer pyarrow than the stack's 14.)
-        """
-        import pyarrow.parquet as pq
-
-        files = [f.removeprefix("s3://") for f in self.delta_table(url).file_uris()]
-        return pq.read_table(files, filesystem=self.filesystem(), columns=columns)
-
-    def read_object(self, url: str) -> bytes:
-        """An object's bytes (``s3a://bucket/key`` or ``bucket/key``), read straight from the server."""
-        with self.filesystem().open_input_stream(url.split("://", 1)[-1]) as stored:
-            return stored.read()
-
-    def object_keys(self, prefix: str) -> list[str]:
-        """Every object under ``bucket/prefix``, as ``bucket/key`` paths."""
-        selector = pafs.FileSelector(prefix, recursive=True, allow_not_found=True)
-        return sorted(i.path for i in self.filesystem().get_file_info(selector) if i.type == pafs.FileType.File)
 
     def spark_settings(self) -> dict[str, str]:
         return s3a_settings(self.settings)

@@ -22,6 +22,7 @@ import pytest
 
 from cluster import spark_env, standalone_cluster
 from flights_sample import write_sample
+from lake_readback import KEY, keys, production_card
 from shardlake.lake import Lake
 
 pytestmark = pytest.mark.slow
@@ -87,18 +88,9 @@ def cluster_run(cluster, s3_server, tmp_path_factory):
     return {"lake": lake, "bucket": bucket, "rows": rows, "workers_with_ranks": workers_with_ranks}
 
 
-KEY = ["year", "month", "day", "carrier", "flight", "origin", "sched_dep_time"]
-
-
-def _keys(table) -> list[tuple]:
-    return sorted(zip(*(table.column(c).to_pylist() for c in KEY)))
-
-
 def _production_card(s3_server, cluster_run) -> dict:
-    registry = s3_server.read_delta(f"{cluster_run['lake']}/_registry/models", ["stage", "model_dir"]).to_pylist()
-    production = [row["model_dir"] for row in registry if row["stage"] == "production"]
-    assert len(production) == 1
-    return json.loads(s3_server.read_object(f"{production[0]}/card.json"))
+    return production_card(lambda table, columns: s3_server.read_delta(f"{cluster_run['lake']}/{table}", columns),
+                           s3_server.read_object)
 
 
 def test_horovod_ranks_run_on_both_workers(cluster_run):
@@ -108,7 +100,7 @@ def test_horovod_ranks_run_on_both_workers(cluster_run):
 def test_every_clean_flight_gets_exactly_one_prediction_on_the_cluster(s3_server, cluster_run):
     clean = s3_server.read_delta(f"{cluster_run['lake']}/flights/clean", KEY)
     predicted = s3_server.read_delta(f"{cluster_run['lake']}/flights/predictions", KEY)
-    assert _keys(predicted) == _keys(clean)
+    assert keys(predicted) == keys(clean)
 
 
 def test_cluster_ingest_accounts_for_every_source_row(s3_server, cluster_run):

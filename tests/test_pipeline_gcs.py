@@ -10,7 +10,6 @@ everything is read back past the platform, with delta-rs and pyarrow straight fr
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -18,11 +17,11 @@ import sys
 import pytest
 
 from flights_sample import write_sample
+from lake_readback import KEY, keys, production_card
 from jobs import infer as infer_job
 from jobs import train as train_job
 
 pytestmark = pytest.mark.slow
-KEY = ["year", "month", "day", "carrier", "flight", "origin", "sched_dep_time"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -50,15 +49,9 @@ def _read(pipeline, table: str, columns: list[str] | None = None):
     return pipeline["server"].read_delta(f"{pipeline['lake']}/{table}", columns)
 
 
-def _keys(table) -> list[tuple]:
-    return sorted(zip(*(table.column(c).to_pylist() for c in KEY)))
-
 
 def _card(pipeline) -> dict:
-    registry = _read(pipeline, "_registry/models", ["stage", "model_dir"]).to_pylist()
-    production = [row["model_dir"] for row in registry if row["stage"] == "production"]
-    assert len(production) == 1
-    return json.loads(pipeline["server"].read_object(f"{production[0]}/card.json"))
+    return production_card(lambda table, columns: _read(pipeline, table, columns), pipeline["server"].read_object)
 
 
 def test_every_sampled_flight_is_clean_or_quarantined_in_the_tables_on_gcs(pipeline):
@@ -72,7 +65,7 @@ def test_the_ingest_job_on_gcs_prints_no_traceback(pipeline):
 
 
 def test_predictions_on_gcs_hold_one_row_per_clean_flight(pipeline):
-    assert _keys(_read(pipeline, "flights/predictions", KEY)) == _keys(_read(pipeline, "flights/clean", KEY))
+    assert keys(_read(pipeline, "flights/predictions", KEY)) == keys(_read(pipeline, "flights/clean", KEY))
 
 
 def test_the_production_model_on_gcs_is_the_one_its_card_registered(pipeline):

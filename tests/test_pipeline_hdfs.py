@@ -8,7 +8,6 @@ platform, with delta-rs and hdfs-native's client.
 from __future__ import annotations
 
 import hashlib
-import json
 
 import pyarrow.parquet as pq
 import pytest
@@ -16,12 +15,12 @@ from deltalake import DeltaTable
 from hdfs_native.fsspec import HdfsFileSystem
 
 from flights_sample import write_sample
+from lake_readback import KEY, keys, production_card
 from jobs import infer as infer_job
 from jobs import ingest as ingest_job
 from jobs import train as train_job
 
 pytestmark = pytest.mark.slow
-KEY = ["year", "month", "day", "carrier", "flight", "origin", "sched_dep_time"]
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +50,9 @@ def _object(pipeline, url: str) -> bytes:
         return stored.read()
 
 
-def _keys(table) -> list[tuple]:
-    return sorted(zip(*(table.column(c).to_pylist() for c in KEY)))
-
 
 def _card(pipeline) -> dict:
-    registry = _read(pipeline, "_registry/models", ["stage", "model_dir"]).to_pylist()
-    production = [row["model_dir"] for row in registry if row["stage"] == "production"]
-    assert len(production) == 1
-    return json.loads(_object(pipeline, f"{production[0]}/card.json"))
+    return production_card(lambda table, columns: _read(pipeline, table, columns), lambda url: _object(pipeline, url))
 
 
 def test_every_sampled_flight_is_clean_or_quarantined_in_the_tables_on_hdfs(pipeline):
@@ -69,7 +62,7 @@ def test_every_sampled_flight_is_clean_or_quarantined_in_the_tables_on_hdfs(pipe
 
 
 def test_predictions_on_hdfs_hold_one_row_per_clean_flight(pipeline):
-    assert _keys(_read(pipeline, "flights/predictions", KEY)) == _keys(_read(pipeline, "flights/clean", KEY))
+    assert keys(_read(pipeline, "flights/predictions", KEY)) == keys(_read(pipeline, "flights/clean", KEY))
 
 
 def test_the_production_model_on_hdfs_is_the_one_its_card_registered(pipeline):

@@ -102,14 +102,6 @@ def test_a_gcs_emulator_named_by_storage_emulator_host_is_used_unsigned(gcs_serv
         [f"gs://{bucket}/landing/a.csv"]
 
 
-def test_a_missing_gcs_bucket_is_one_line_naming_the_url(gcs_server):
-    store = Store.create("gs://no-such-gcs-bucket/lake", gcs_server.settings)
-    with pytest.raises(StorageError, match=r"^gs://no-such-gcs-bucket/lake: the bucket 'no-such-gcs-bucket' "
-                                           r"does not exist") as err:
-        store.check()
-    assert "\n" not in str(err.value)
-
-
 def test_an_unreachable_gcs_endpoint_is_one_line_naming_it_at_once():
     from cluster import free_port
 
@@ -197,9 +189,10 @@ def test_an_unreachable_namenode_is_one_line_naming_the_url():
     assert "\n" not in str(err.value)
 
 
-def test_a_missing_bucket_is_one_line_naming_the_url(s3_server):
-    store = Store.create("s3a://no-such-bucket-here/lake", s3_server.settings)
-    with pytest.raises(StorageError, match=r"^s3a://no-such-bucket-here/lake: the bucket 'no-such-bucket-here' "
+@pytest.mark.parametrize("scheme, server", [("s3a", "s3_server"), ("gs", "gcs_server")])
+def test_a_missing_bucket_is_one_line_naming_the_url(scheme, server, request):
+    store = Store.create(f"{scheme}://no-such-bucket-here/lake", request.getfixturevalue(server).settings)
+    with pytest.raises(StorageError, match=rf"^{scheme}://no-such-bucket-here/lake: the bucket 'no-such-bucket-here' "
                                            r"does not exist") as err:
         store.check()
     assert "\n" not in str(err.value)

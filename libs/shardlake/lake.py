@@ -1,7 +1,7 @@
 """Where a dataset's tables and models live under a lake root, and nowhere else.
 
 The root is a local folder (the embedded default) or a store's URL (``s3a://bucket/lake``,
-``hdfs://namenode:8020/lake``); ``shardlake.storage`` owns the difference. Table locations are
+``gs://bucket/lake``, ``hdfs://namenode:8020/lake``); ``shardlake.storage`` owns the difference. Table locations are
 strings Spark and delta-rs both take; every one is checked to stay under the root, on the
 normalised location.
 """
