@@ -13,7 +13,7 @@ from shardlake.config import AppConfig, ConfigError, load_config
 from shardlake.lake import Lake
 from shardlake.ops import lineage
 from shardlake.ops.progress import JobProgress, is_live
-from shardlake.session import CONNECTOR_SCHEMES, build_session
+from shardlake.session import CONNECTOR_SCHEMES, MissingJarError, build_session
 from shardlake.storage import StorageError, is_url
 
 DEFAULT_CONF = Path(__file__).resolve().parent.parent / "conf" / "base.yaml"
@@ -88,9 +88,13 @@ def start(config: AppConfig):
     if warning:
         logging.getLogger("shardlake").warning("%s", warning)
     settings = {**lake.store.spark_settings(), **config.spark.settings}
-    spark = build_session(config.spark.master, config.spark.app_name, settings,
-                          connectors=connectors(config),
-                          lineage=lineage.spark_settings(config.monitoring.lineage, lake.root))
+    try:
+        spark = build_session(config.spark.master, config.spark.app_name, settings,
+                              connectors=connectors(config),
+                              lineage=lineage.spark_settings(config.monitoring.lineage, lake.root))
+    except MissingJarError as err:
+        sys.stderr.write(f"installation error: {err}\n")
+        raise SystemExit(2) from None
     spark.sparkContext.setLogLevel("WARN")
     return spark, lake
 

@@ -161,3 +161,19 @@ def test_a_forked_child_leaves_the_drivers_jvm_connections_working(tmp_path):
     done = _run([sys.executable, "-c", FORK_PROBE], env)
     assert (done.returncode, done.stdout.splitlines()[-1:]) == (0, ['PROBE {"answers": [1, 2]}']), done.stderr[-4000:]
     assert "Traceback" not in done.stderr, done.stderr[-4000:]
+
+
+def test_a_gs_session_without_the_cached_gcs_connector_names_the_jar_and_how_to_fetch_it(tmp_path):
+    from shardlake.session import GCS_CONNECTOR_JAR, MissingJarError, connector_jars
+
+    with pytest.raises(MissingJarError, match=rf"{tmp_path}: no {GCS_CONNECTOR_JAR} .*scripts/fetch_jars.sh"):
+        connector_jars(tmp_path, ["gs"])
+
+
+def test_each_object_stores_connector_is_added_only_for_its_scheme(tmp_path):
+    from shardlake.session import GCS_CONNECTOR_JAR, S3A_ARTIFACTS, connector_jars
+
+    for name in [GCS_CONNECTOR_JAR, *(f"{artifact}-{version}.jar" for _, artifact, version in S3A_ARTIFACTS)]:
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in connector_jars(tmp_path, ["gs"])[0]] == [GCS_CONNECTOR_JAR]
+    assert [p.name for p in connector_jars(tmp_path, [])[0]] == []

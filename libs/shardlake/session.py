@@ -59,6 +59,10 @@ def s3a_jars(cache: Path) -> list[Path]:
     return jars if all(j.is_file() for j in jars) else []
 
 
+class MissingJarError(FileNotFoundError):
+    """A connector jar the session needs is not in the jar cache (one line: the jar and how to fetch it)."""
+
+
 def connector_jars(cache: Path, schemes: Sequence[str]) -> tuple[list[Path], list[str]]:
     """(cached jars, Maven packages to resolve) of the Hadoop connectors for ``schemes`` (``s3a``, ``gs``).
 
@@ -73,8 +77,8 @@ def connector_jars(cache: Path, schemes: Sequence[str]) -> tuple[list[Path], lis
         packages += [] if connector else [":".join(S3A_ARTIFACTS[0])]
     if "gs" in schemes:
         if not (cache / GCS_CONNECTOR_JAR).is_file():
-            raise RuntimeError(f"{cache}: no {GCS_CONNECTOR_JAR} (Hadoop's GCS connector); run "
-                               f"scripts/fetch_jars.sh {cache}")
+            raise MissingJarError(f"{cache}: no {GCS_CONNECTOR_JAR} (Hadoop's GCS connector, for gs:// lakes and "
+                                  f"sources); run make install, or scripts/fetch_jars.sh {cache}")
         found.append(cache / GCS_CONNECTOR_JAR)
     return found, packages
 
