@@ -95,15 +95,16 @@ def _zip(path: Path, members: dict[str, str]) -> Path:
     return path
 
 
-def test_a_zip_archive_for_a_lake_on_s3_is_extracted_onto_the_store(s3_server, tmp_path):
+@pytest.mark.parametrize("scheme, server", [("s3a", "s3_server"), ("gs", "gcs_server")])
+def test_a_zip_archive_for_a_lake_on_an_object_store_is_extracted_onto_the_store(scheme, server, request, tmp_path):
     """On a cluster, executors on other nodes never see the driver's temp folder: the members must be objects."""
-    bucket = s3_server.bucket("unzip")
-    staging = Folder(f"s3a://{bucket}/lake/_staging", s3_server.settings)
+    store_server = request.getfixturevalue(server)
+    bucket = store_server.bucket("unzip")
+    staging = Folder(f"{scheme}://{bucket}/lake/_staging", store_server.settings)
     files = sources.materialise([_zip(tmp_path / "a.zip", {"a.csv": "id\n1\n", "b.csv": "id\n2\n"})], "auto", staging)
     assert [f.rsplit("/", 1)[1] for f in files] == ["a.csv", "b.csv"]
-    assert all(f.startswith(f"s3a://{bucket}/lake/_staging/a-") for f in files)
-    assert [s3_server.filesystem().open_input_stream(f.split("://", 1)[1]).read() for f in files] == [b"id\n1\n",
-                                                                                                   b"id\n2\n"]
+    assert all(f.startswith(f"{scheme}://{bucket}/lake/_staging/a-") for f in files)
+    assert [store_server.read_object(f) for f in files] == [b"id\n1\n", b"id\n2\n"]
 
 
 def test_an_archive_whose_extraction_onto_the_store_was_cut_short_is_extracted_again(s3_server, tmp_path):
