@@ -342,20 +342,14 @@ class ObjectStore(Store):
             self.fs.get_file_info(pafs.FileSelector(self._fs_path(self.root), allow_not_found=True))
         except OSError as err:
             raise StorageError(f"{self.root}: cannot be read with the credentials of this environment "
-                               f"({_first_line(err)}); {_CREDENTIALS_HINT.get(self.location.scheme, _S3_HINT)}"
-                               ) from None
+                               f"({_first_line(err)}); {self._credentials_hint}") from None
+
+    _credentials_hint = "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile or an instance role that may read it"
 
     def spark_settings(self) -> dict[str, str]:
-        if self.location.scheme in _GCS:
-            return gcs_connector_settings(self.settings)
         if self.location.scheme not in _S3:
             return {}
         return s3a_settings(self.settings)
-
-
-_S3_HINT = "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile or an instance role that may read it"
-_CREDENTIALS_HINT = {"gs": "set GOOGLE_APPLICATION_CREDENTIALS to a service account's key file, or run with an "
-                           "instance service account, that may read it"}
 
 
 class HdfsStore(ObjectStore):
@@ -410,6 +404,12 @@ class HdfsStore(ObjectStore):
 
 class GcsStore(ObjectStore):
     """A bucket of Google Cloud Storage (``gs://bucket/prefix``), through pyarrow's GCS file system."""
+
+    _credentials_hint = ("set GOOGLE_APPLICATION_CREDENTIALS to a service account's key file, or run with an "
+                         "instance service account, that may read it")
+
+    def spark_settings(self) -> dict[str, str]:
+        return gcs_connector_settings(self.settings)
 
     def delete(self, location: str) -> None:
         path = self._fs_path(location)
