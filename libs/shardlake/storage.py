@@ -384,19 +384,14 @@ class HdfsStore(ObjectStore):
 
     def check(self) -> None:
         try:
-            self._probe()
+            # hdfs-native retries a refused connection for minutes; a NameNode given as host:port that
+            # refuses a TCP connection is down or wrong, which is said at once. (An HA nameservice is
+            # resolved from HADOOP_CONF_DIR by the client itself.)
+            _connect(self.root)
             self.fs.get_file_info(self._fs_path(self.root))
         except (OSError, RuntimeError) as err:  # hdfs-native raises RuntimeError for RPC failures
             raise StorageError(f"{self.root}: the HDFS NameNode {self.location.authority} cannot be reached "
                                f"({_first_line(err)}); check the host and port, or HADOOP_CONF_DIR") from None
-
-    def _probe(self) -> None:
-        # hdfs-native retries a refused connection for minutes; a NameNode given as host:port that
-        # refuses a TCP connection is down or wrong, which is said at once. (An HA nameservice is
-        # resolved from HADOOP_CONF_DIR by the client itself.)
-        split = urllib.parse.urlsplit(self.root)
-        if split.port:
-            socket.create_connection((split.hostname, split.port), timeout=10).close()
 
     def spark_settings(self) -> dict[str, str]:
         return {}  # Spark's own Hadoop client speaks HDFS
@@ -428,13 +423,21 @@ class GcsStore(ObjectStore):
         # refuses a TCP connection is down or misnamed, which is said at once.
         emulator = self.settings.gcs_emulator()
         if emulator:
-            split = urllib.parse.urlsplit(emulator)
             try:
-                socket.create_connection((split.hostname, split.port or 80), timeout=10).close()
+                _connect(emulator, default_port=443 if emulator.startswith("https://") else 80)
             except OSError as err:
                 raise StorageError(f"{self.root}: the GCS endpoint {emulator} cannot be reached ({err}); check "
                                    "lake.endpoint or STORAGE_EMULATOR_HOST") from None
         super().check()
+
+
+def _connect(url: str, default_port: int | None = None) -> None:
+    """Open and close a TCP connection to ``url``'s host and port (OSError when refused); nothing when
+    the URL names no port and there is no default (a name its client resolves by itself)."""
+    split = urllib.parse.urlsplit(url)
+    port = split.port or default_port
+    if port:
+        socket.create_connection((split.hostname, port), timeout=10).close()
 
 
 def _store_class(location: Location) -> type[ObjectStore]:
@@ -540,12 +543,12 @@ _GCS_RETRY = 60
 def _gcs_fs(settings: StoreSettings) -> pafs.FileSystem:
     from datetime import timedelta
 
+    kwargs: dict = {"retry_time_limit": timedelta(seconds=_GCS_RETRY)}
     emulator = settings.gcs_emulator()
-    if not emulator:
-        return pafs.GcsFileSystem(retry_time_limit=timedelta(seconds=_GCS_RETRY))
-    split = urllib.parse.urlsplit(emulator)
-    return pafs.GcsFileSystem(anonymous=True, endpoint_override=split.netloc, scheme=split.scheme,
-                              retry_time_limit=timedelta(seconds=_GCS_RETRY))
+    if emulator:
+        split = urllib.parse.urlsplit(emulator)
+        kwargs.update(anonymous=True, endpoint_override=split.netloc, scheme=split.scheme)
+    return pafs.GcsFileSystem(**kwargs)
 
 
 def _hdfs_fs(authority: str) -> pafs.FileSystem:
