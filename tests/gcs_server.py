@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import time
 import urllib.request
 from pathlib import Path
 
@@ -52,16 +50,12 @@ class GcsServer(ObjectServer):
             self.port, "fake-gcs-server")
         return self
 
-    def __exit__(self, *exc) -> None:
-        self._process.terminate()
-        self._process.wait(10)
-
     def filesystem(self) -> pafs.GcsFileSystem:
         return pafs.GcsFileSystem(anonymous=True, endpoint_override=f"127.0.0.1:{self.port}", scheme="http")
 
     def bucket(self, name: str) -> str:
         """A new bucket (a valid GCS name made from ``name``), created through GCS's JSON API; its name."""
-        bucket = re.sub(r"[^a-z0-9-]", "-", name.lower())[:50].strip("-") + f"-{time.monotonic_ns() % 10**9}"
+        bucket = self.bucket_name(name)
         request = urllib.request.Request(f"{self.endpoint}/storage/v1/b", data=json.dumps({"name": bucket}).encode(),
                                          headers={"Content-Type": "application/json"}, method="POST")
         urllib.request.urlopen(request, timeout=10).close()
@@ -80,11 +74,8 @@ class GcsServer(ObjectServer):
             "gcs_base_url": self.endpoint, "disable_oauth": True, "client_email": "", "private_key": "",
             "private_key_id": ""})}
 
-    def point(self, spark) -> None:
-        """Point a running session's GCS connector at this server (the test session starts before it)."""
-        hadoop = spark.sparkContext._jsc.hadoopConfiguration()
-        for key, value in gcs_connector_settings(self.settings).items():
-            hadoop.set(key.removeprefix("spark.hadoop."), value)
+    def spark_settings(self) -> dict[str, str]:
+        return gcs_connector_settings(self.settings)
 
     def overrides(self) -> list[str]:
         """Configuration overrides that point a job's lake at this server."""

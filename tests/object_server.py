@@ -1,12 +1,16 @@
-"""What the tests' object-store servers (S3, GCS) share: reading objects and Delta tables past the platform."""
+"""What the tests' object-store servers (S3, GCS) share: reading objects and Delta tables past the platform,
+new buckets' names, pointing a running session at the server, and stopping it."""
 from __future__ import annotations
+
+import re
+import time
 
 import pyarrow.fs as pafs
 
 
 class ObjectServer:
     """Reads of one server's objects with pyarrow; subclasses say how to reach it (``filesystem``,
-    ``delta_table``) and how delta-rs spells its URLs (``scheme``)."""
+    ``delta_table``, ``spark_settings``), how delta-rs spells its URLs (``scheme``), and start ``_process``."""
 
     scheme = ""
 
@@ -15,6 +19,24 @@ class ObjectServer:
 
     def delta_table(self, url: str):
         raise NotImplementedError
+
+    def spark_settings(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def __exit__(self, *exc) -> None:
+        self._process.terminate()
+        self._process.wait(10)
+
+    @staticmethod
+    def bucket_name(name: str) -> str:
+        """A bucket name valid on S3 and GCS, made from ``name`` and unique within the test run."""
+        return re.sub(r"[^a-z0-9-]", "-", name.lower())[:50].strip("-") + f"-{time.monotonic_ns() % 10**9}"
+
+    def point(self, spark) -> None:
+        """Point a running session's connector at this server (the test session starts before it)."""
+        hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+        for key, value in self.spark_settings().items():
+            hadoop.set(key.removeprefix("spark.hadoop."), value)
 
     def read_delta(self, url: str, columns: list[str] | None = None):
         """A table's current files as delta-rs lists them, read by pyarrow from this server.

@@ -6,9 +6,7 @@ does so over HTTP, through a socket, as it would to a real object store.
 from __future__ import annotations
 
 import os
-import re
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -38,17 +36,13 @@ class S3Server(ObjectServer):
         self._process = serve([str(server), "-H", "127.0.0.1", "-p", str(self.port)], self.port, "moto_server", env)
         return self
 
-    def __exit__(self, *exc) -> None:
-        self._process.terminate()
-        self._process.wait(10)
-
     def filesystem(self) -> pafs.S3FileSystem:
         return pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{self.port}", scheme="http", region="us-east-1",
                                  allow_bucket_creation=True)
 
     def bucket(self, name: str) -> str:
         """A new bucket (a valid S3 name made from ``name``); its name."""
-        bucket = re.sub(r"[^a-z0-9-]", "-", name.lower())[:50].strip("-") + f"-{time.monotonic_ns() % 10**9}"
+        bucket = self.bucket_name(name)
         self.filesystem().create_dir(bucket)
         return bucket
 
@@ -64,12 +58,6 @@ class S3Server(ObjectServer):
 
     def spark_settings(self) -> dict[str, str]:
         return s3a_settings(self.settings)
-
-    def point(self, spark) -> None:
-        """Point a running session's S3A connector at this server (the test session starts before it)."""
-        hadoop = spark.sparkContext._jsc.hadoopConfiguration()
-        for key, value in self.spark_settings().items():
-            hadoop.set(key.removeprefix("spark.hadoop."), value)
 
     def overrides(self) -> list[str]:
         """Configuration overrides that point a job's lake at this server."""
