@@ -13,9 +13,11 @@ The plan, and why it is shaped this way (the cost is in passes over the data and
 3. Before the expensive pass, an existing table's schema and layout (key, shards, splits, salt,
    recorded as table properties) are compared with the configuration: a change is refused
    before any write (``layout``).
-4. The marked rows are written once, as Parquet in the run's staging folder, and observations
-   on that write compute every count of the report, the fill statistics of the training split
-   and the batch's range of each ``cluster_by`` column (``ingest_report``). Nothing is cached.
+4. The marked rows are written once, as Parquet in the run's staging folder. Small columnar
+   aggregations of those files give every count of the report, the fill statistics of the
+   training split and the batch's range of each ``cluster_by`` column (``ingest_report``);
+   observed during the write, the same aggregates cost more, as Spark evaluates observations
+   row by row without code generation. Nothing is cached.
    In fail_fast mode the first bad row raises inside this pass, before any table exists or
    changes. The observed record count must equal the sum of the fates.
 5. The clean rows are classified against the table (new, same, newer, older, in conflict: the
@@ -41,7 +43,6 @@ import json
 import logging
 import re
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -59,8 +60,8 @@ from shardlake.reading import read_parsed
 from shardlake.stages import ingest_rows as R
 from shardlake.stages import ingest_write as W
 from shardlake.stages.ingest_report import (
-    FATES, IngestError, IngestReport, accounting_aggregates, all_rule_names, check_counts, cluster_ranges, count_losers,
-    fill_report, per_file_fates, set_key_rule_counts, shard_skew)
+    IngestError, IngestReport, all_rule_names, check_counts, cluster_ranges, count_losers, fill_report,
+    set_key_rule_counts, shard_skew, staged_accounting)
 from shardlake.stages.ingest_write import QUARANTINE_SCHEMA, table_constraints
 from shardlake.transforms import clean as C
 from shardlake.transforms import parse as P
@@ -77,19 +78,17 @@ def _fail_fast_message(err: Exception) -> str | None:
 
 def _stage(spark: SparkSession, report: IngestReport, marked: DataFrame, spec: DatasetSpec,
            observation: Observation, folder: str) -> tuple[DataFrame, dict[str, tuple[object, object]]]:
-    """Write the marked rows once, as Parquet under ``folder``, and fill the report's counts as they pass.
+    """Write the marked rows once, as Parquet under ``folder``, and fill the report's counts from them.
 
-    The one pass over the data: reading, parsing, joins, rules and the key window run while the
-    rows are written, and observations count them on the way (records as read, fates, rules,
-    fill statistics). Both tables are written from these files afterwards (columnar: each write
-    reads only what it needs), and the accounting is checked before either. fail_fast aborts
-    surface here, before any table exists or changes.
+    The one pass over the source: reading, parsing, joins, rules and the key window run while the
+    rows are written, and an observation counts the records as read. The report's other counts
+    (fates, rules, fill statistics, ranges) are small columnar aggregations of the staged files,
+    and both tables are written from these files afterwards (each reads only what it needs); the
+    accounting is checked before either. fail_fast aborts surface here, before any table exists
+    or changes.
     """
-    fill_spec = {c: (f.strategy, f.value) for c, f in spec.fill.items()}
-    accounting = Observation("accounting")
     try:
-        aggregates = accounting_aggregates(all_rule_names(spec), fill_spec, spec.cluster_by)
-        marked.observe(accounting, *aggregates).write.parquet(folder)
+        marked.write.parquet(folder)
     except Exception as err:  # a Spark job failure carries the fail_fast message in its text
         message = _fail_fast_message(err)
         if message is None:
@@ -98,10 +97,10 @@ def _stage(spark: SparkSession, report: IngestReport, marked: DataFrame, spec: D
     staged = spark.read.parquet(folder)
     seen = observed(observation.get, staged)
     report.rows_read, report.blank_lines, report.header_lines = (int(seen[k]) for k in (P.RECORD, P.BLANK, P.HEADER))
-    counted = observed(accounting.get, staged)
+    fill_spec = {c: (f.strategy, f.value) for c, f in spec.fill.items()}
+    counted, report.files = staged_accounting(staged, all_rule_names(spec), fill_spec, spec.cluster_by)
     fill_report(report, counted, spec, fill_spec)
     set_key_rule_counts(report)
-    report.files = per_file_fates(staged)
     check_counts(report)
     return staged, cluster_ranges(counted, spec.cluster_by)
 
@@ -118,8 +117,7 @@ def observed(values: dict, staged: DataFrame) -> dict:
     if staged.limit(1).count():
         raise IngestError("the ingest's row counts were not reported by Spark for a non-empty input; "
                           "nothing was written; run it again")
-    # Every other aggregate (rule counts, fill statistics, cluster ranges) is null, as over no rows.
-    return defaultdict(lambda: None, {P.RECORD: 0, P.BLANK: 0, P.HEADER: 0, **{f"fate:{f}": 0 for f in FATES}})
+    return {P.RECORD: 0, P.BLANK: 0, P.HEADER: 0}
 
 
 def _ensure_tables(spark: SparkSession, spec: DatasetSpec, schema, clean_path: str, quarantine_path: str) -> None:
