@@ -7,7 +7,9 @@ behaviour is a refusal (fail_fast, schema changes), which stops before any write
 """
 from __future__ import annotations
 
+import pyarrow as pa
 import pytest
+from deltalake import DeltaTable
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
@@ -208,3 +210,12 @@ def test_counts_spark_did_not_report_are_zero_only_for_an_empty_input(spark):
     with pytest.raises(IngestError, match="not reported"):
         observed({}, spark.createDataFrame([(1,)], "x int"))
     assert observed({"record": 3}, empty) == {"record": 3}
+
+
+def test_the_clean_tables_files_keep_statistics_for_the_key_only(runs):
+    path = Lake.at(runs["config"].lake.root).table("toy", "clean")
+    actions = pa.table(DeltaTable(path).get_add_actions(flatten=True)).to_pydict()
+    with_min = {name.removeprefix("min.") for name, values in actions.items()
+                if name.startswith("min.") and any(v is not None for v in values)}
+    assert with_min == {"order_id"}
+    assert sum(actions["num_records"]) == 6  # keys 1, 2, 3, 11, 12 and the third run's 13: row counts stay

@@ -39,6 +39,22 @@ def layout_properties(spec: DatasetSpec) -> dict[str, str]:
     }
 
 
+STATS_COLUMNS = "delta.dataSkippingStatsColumns"
+
+
+def table_properties(spec: DatasetSpec) -> dict[str, str]:
+    """Every property the clean table is created with: its layout, and file statistics on the key only.
+
+    Delta collects min/max/null-count statistics per file for every column by default, a fifth
+    of the cost of writing a clean row (measured: 1M rows, 3.7-4.6 s against 3.0-3.6 s). Only
+    the key's statistics are ever used: a MERGE skips files by the ``cluster_by`` columns (a
+    subset of the key), and row counts (kept for every file whatever this says) answer the
+    rest. The statistics setting is not part of the layout: a table created with other
+    statistics is not refused, and keeps them.
+    """
+    return {**layout_properties(spec), STATS_COLUMNS: ",".join(dict.fromkeys([*spec.cluster_by, *spec.key]))}
+
+
 _CONFIG_FIELD = {"key": "dataset.key", "shards": "dataset.shards",
                  "splits": "dataset.splits (train/validation/test)", "salt": "dataset.splits.salt"}
 
@@ -127,7 +143,7 @@ def rebuild(spark: SparkSession, path: str, spec: DatasetSpec, constraints: Mapp
     view = f"_shardlake_rebuild_{spec.name}"
     relaid(delta_io.read_version(spark, path, read_at), spec).createOrReplaceTempView(view)
     properties = {**{f"{delta_io.CONSTRAINT_PREFIX}{k.lower()}": v for k, v in constraints.items()},
-                  **layout_properties(spec)}
+                  **table_properties(spec)}
     try:
         with delta_io.commit_metadata(spark, {"rebuild_layout": _describe(layout_properties(spec))}):
             spark.sql(f"CREATE OR REPLACE TABLE delta.`{path}` USING DELTA PARTITIONED BY ({C.SPLIT}, {C.SHARD}) "

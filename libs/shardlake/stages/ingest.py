@@ -124,7 +124,7 @@ def _ensure_tables(spark: SparkSession, spec: DatasetSpec, schema, clean_path: s
     # Two first runs may create the same table at once: the loser retries and finds it there.
     delta_io.retry_on_conflict(lambda: delta_io.ensure_table(
         spark, clean_path, schema, (C.SPLIT, C.SHARD), table_constraints(spec), spec.allow_schema_evolution,
-        properties=layout.layout_properties(spec)), clean_path)
+        properties=layout.table_properties(spec)), clean_path)
     delta_io.retry_on_conflict(lambda: delta_io.ensure_table(spark, quarantine_path, QUARANTINE_SCHEMA),
                                quarantine_path)
 
