@@ -52,7 +52,7 @@ def table_properties(spec: DatasetSpec) -> dict[str, str]:
     rest. The statistics setting is not part of the layout: a table created with other
     statistics is not refused, and keeps them.
     """
-    return {**layout_properties(spec), STATS_COLUMNS: ",".join(dict.fromkeys([*spec.cluster_by, *spec.key]))}
+    return {**layout_properties(spec), STATS_COLUMNS: ",".join(spec.key)}
 
 
 _CONFIG_FIELD = {"key": "dataset.key", "shards": "dataset.shards",

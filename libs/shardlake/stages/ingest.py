@@ -107,7 +107,7 @@ def _stage(spark: SparkSession, report: IngestReport, marked: DataFrame, spec: D
 
 def observed(values: dict, staged: DataFrame) -> dict:
     """An observation's values; when Spark reports none (it can drop the metrics of a plan over an
-    empty input), zeros and nulls, but only after the staged rows show there was nothing to count.
+    empty input), zeros, but only after the staged rows show there was nothing to count.
 
     A count that is missing for rows that exist would make the run write nothing and report
     success, so that is refused instead.

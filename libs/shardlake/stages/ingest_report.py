@@ -108,7 +108,8 @@ def staged_accounting(staged: DataFrame, rule_names: list[str], fill_spec: dict,
 
     Three small aggregations over the staged Parquet files, each reading only the columns it
     needs: cheaper than observing the same aggregates while the rows are staged, which Spark
-    evaluates row by row without code generation (about a tenth of the staging pass). Returns
+    evaluates row by row without code generation (measured at 1M rows: ~0.8 s of a 13 s
+    staging pass with its accounting). Returns
     the aggregates by name (``fate:``, ``rule:``, ``fill:``, ``min:``/``max:``) and the fates of
     each source file. Fill statistics use the clean rows of the training split only, so nothing
     is learnt from validation or test rows.
