@@ -12,9 +12,12 @@ import json
 import os
 import subprocess
 import sys
+from functools import reduce
 from pathlib import Path
 
 import pytest
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from shardlake.session import is_local_master, worker_python
 
@@ -177,3 +180,19 @@ def test_each_object_stores_connector_is_added_only_for_its_scheme(tmp_path):
         (tmp_path / name).write_bytes(b"")
     assert [p.name for p in connector_jars(tmp_path, ["gs"])[0]] == [GCS_CONNECTOR_JAR]
     assert [p.name for p in connector_jars(tmp_path, [])[0]] == []
+
+
+def _compiles(spark) -> int:
+    """Generated classes Janino has compiled in this JVM so far (cache hits compile nothing)."""
+    return int(spark._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME().getCount())
+
+
+def test_a_plan_with_more_generated_classes_than_sparks_default_cache_compiles_once_per_session(spark):
+    # An ingest generates ~190 classes; with Spark's default cache of 100 an LRU cycling through
+    # them missed on every run, so a warm session recompiled (and re-JIT-ed) all of them each time.
+    branches = [spark.range(1).select((F.col("id") * F.lit(i) + F.lit(i)).alias("v")) for i in range(150)]
+    plan = reduce(DataFrame.unionByName, branches)
+    plan.collect()
+    before = _compiles(spark)
+    plan.collect()
+    assert _compiles(spark) == before
