@@ -240,3 +240,24 @@ def test_the_latest_version_of_a_folder_without_a_table_is_refused(spark, lake_r
     (lake_root / "not-a-table").mkdir(parents=True)
     with pytest.raises(AnalysisException):
         delta_io.latest_version(spark, str(lake_root / "not-a-table"))
+
+
+def test_an_append_once_commits_its_rows_the_first_time_and_nothing_under_the_same_id_after(spark, lake_root):
+    path, schema = str(lake_root / "t"), "id int, v double"
+    _empty_table(spark, path, schema)
+    rows = spark.createDataFrame([(1, 1.0)], schema)
+    first = delta_io.append_once(spark, path, rows, "run-a")
+    again = delta_io.append_once(spark, path, spark.createDataFrame([(1, 2.0)], schema), "run-a")
+    assert (first, again) == (delta_io.latest_version(spark, path), None)
+    assertDataFrameEqual(delta_io.read_version(spark, path), rows)
+
+
+def test_an_append_once_under_another_id_commits_as_a_blind_append(spark, lake_root):
+    path, schema = str(lake_root / "t"), "id int, v double"
+    _empty_table(spark, path, schema)
+    delta_io.append_once(spark, path, spark.createDataFrame([(1, 1.0)], schema), "run-a")
+    version = delta_io.append_once(spark, path, spark.createDataFrame([(2, 2.0)], schema), "run-b")
+    latest = DeltaTable.forPath(spark, path).history(1).select("version", "operation", "isBlindAppend").first()
+    assert tuple(latest) == (version, "WRITE", True)
+    assertDataFrameEqual(delta_io.read_version(spark, path),
+                         spark.createDataFrame([(1, 1.0), (2, 2.0)], schema))

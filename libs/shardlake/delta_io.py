@@ -254,6 +254,22 @@ def first_load(spark: SparkSession, path: str, source: DataFrame, empty_at: int)
     return version
 
 
+def append_once(spark: SparkSession, path: str, source: DataFrame, app_id: str) -> int | None:
+    """Append ``source`` unless a commit under ``app_id`` is already in the table; the version committed, or None.
+
+    A blind append: it reads none of the table's files, so it costs ``source``, not the table. Delta
+    makes it idempotent: it carries ``app_id`` as its idempotent-write id (``txnAppId``, with
+    ``txnVersion`` 0), so Delta skips it (None) once a commit under that id exists, and of two that
+    race refuses the later (ConcurrentTransactionException, retried by ``retry_on_conflict``).
+    """
+    # Without the caller's commit metadata, a marker of this one append's own tells its commit apart.
+    marked = nullcontext() if spark.conf.get(USER_METADATA, None) else commit_metadata(spark, {"append": uuid4().hex})
+    with marked:
+        before = latest_version(spark, path)
+        source.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", 0).save(path)
+        return own_commit(spark, path, before)
+
+
 def merge_by_key(
     spark: SparkSession,
     path: str,

@@ -227,6 +227,10 @@ RUNS_SCHEMA = T.StructType([
 ])
 
 
+# The idempotent-write id of a run's record, with its run id (Delta keeps the ids it has seen per table).
+RUN_APP_ID = "shardlake-ingest-run"
+
+
 def recorded_versions(spark: SparkSession, path: str, run_id: str) -> tuple[int | None, int | None]:
     """(clean, quarantine) versions an earlier attempt of ``run_id`` recorded; (None, None) if it recorded none."""
     if not delta_io.table_exists(spark, path):
@@ -235,12 +239,23 @@ def recorded_versions(spark: SparkSession, path: str, run_id: str) -> tuple[int 
     return (rows[0]["table_version"], rows[0]["quarantine_version"]) if rows else (None, None)
 
 
-def record_run(spark: SparkSession, path: str, report: dict, keys: Sequence[str] = ("run_id",)) -> None:
-    """Upsert a run's report (counts, versions, statistics) into the dataset's ingest_runs table."""
+def record_run(spark: SparkSession, path: str, report: dict) -> None:
+    """Upsert a run's report (counts, versions, statistics) into the dataset's ingest_runs table, keyed on run id.
+
+    A run's first record is a blind append under its run id (``delta_io.append_once``): it reads none
+    of the earlier runs' records, so recording a nightly run costs the same after ten years of them.
+    Only a run id recorded before (an Airflow retry or clear) replaces its record by MERGE, which
+    reads them all.
+    """
     row = (report["run_id"], report["dataset"], report["table_version"], report["quarantine_version"],
            report["rows_read"], report["clean_rows"], report["quarantined"], report["duplicates_removed"],
            report["rule_counts"], report["shard_counts"], float(report["skew_ratio"]),
            json.dumps(report, sort_keys=True, default=str))
     delta_io.retry_on_conflict(lambda: delta_io.ensure_table(spark, path, RUNS_SCHEMA), path)
     source = spark.createDataFrame([row], RUNS_SCHEMA)
-    delta_io.retry_on_conflict(lambda: delta_io.merge_by_key(spark, path, source, list(keys), stable_source=True), path)
+
+    def write() -> None:
+        if delta_io.append_once(spark, path, source, f"{RUN_APP_ID}:{report['run_id']}") is None:
+            delta_io.merge_by_key(spark, path, source, ["run_id"], stable_source=True)
+
+    delta_io.retry_on_conflict(write, path)
