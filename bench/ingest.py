@@ -37,7 +37,9 @@ machine): 1M 30.6 s (0.115x, 0.20 of the floor), 4M 62.7 s (0.156x, 0.25 of the 
 14.8 s / 12.3 s into the 1M / 4M table (0.83x); into an empty table 9.55 s against 0.46 s (0.048x).
 2026-12-07, third session (the session keeps 2,000 compiled classes, not 100: a warm session no longer
 recompiles the ingest's ~190): 1M 25.1 s (0.119x, 0.20 of the floor), 4M 53.6 s (0.174x, 0.27 of the
-floor); nightly 10.2 s / 9.0 s (0.88x); into an empty table 6.44 s against 0.30 s (0.047x).
+floor); nightly 10.2 s / 9.0 s (0.88x); into an empty table 6.44 s against 0.30 s (0.047x). With the run's
+record appended instead of MERGEd (final code, a busier machine): 1M 24.6 s (0.123x, 0.23 of the floor),
+4M 56.0 s (0.169x, 0.27); nightly 12.4 s / 10.6 s (0.86x); into an empty table 7.74 s against 0.42 s (0.054x).
 """
 from __future__ import annotations
 
