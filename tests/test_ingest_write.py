@@ -31,4 +31,3 @@ def test_recording_a_run_id_again_replaces_its_record(spark, lake_root):
     record_run(spark, path, report("day-1", 11))
     recorded = delta_io.read_version(spark, path).select("run_id", "rows_read")
     assertDataFrameEqual(recorded, spark.createDataFrame([("day-1", 11), ("day-2", 20)], "run_id string, rows_read long"))
-

@@ -246,9 +246,7 @@ def first_load(spark: SparkSession, path: str, source: DataFrame, empty_at: int)
     versions only grow, so a table emptied later is first-loaded again under a higher version.
     Needs the caller's commit metadata (``commit_metadata``) to find its commit.
     """
-    (source.write.format("delta").mode("append")
-     .option("txnAppId", FIRST_LOAD_APP_ID).option("txnVersion", empty_at).save(path))
-    version = own_commit(spark, path, empty_at)
+    version = _append_under(spark, path, source, FIRST_LOAD_APP_ID, empty_at, after=empty_at)
     if version is None:
         raise FirstLoadTaken(f"{path}: another writer's first load committed after version {empty_at}")
     return version
@@ -262,12 +260,23 @@ def append_once(spark: SparkSession, path: str, source: DataFrame, app_id: str) 
     ``txnVersion`` 0), so Delta skips it (None) once a commit under that id exists, and of two that
     race refuses the later (ConcurrentTransactionException, retried by ``retry_on_conflict``).
     """
-    # Without the caller's commit metadata, a marker of this one append's own tells its commit apart.
-    marked = nullcontext() if spark.conf.get(USER_METADATA, None) else commit_metadata(spark, {"append": uuid4().hex})
-    with marked:
-        before = latest_version(spark, path)
-        source.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", 0).save(path)
-        return own_commit(spark, path, before)
+    with _own_marker(spark, "append"):
+        return _append_under(spark, path, source, app_id, 0, after=latest_version(spark, path))
+
+
+def _append_under(spark: SparkSession, path: str, source: DataFrame, app_id: str, txn_version: int,
+                  after: int) -> int | None:
+    """Append ``source`` carrying Delta's idempotent-write id (``app_id``, ``txn_version``); this
+    writer's own commit after version ``after``, or None when Delta skipped the append."""
+    (source.write.format("delta").mode("append")
+     .option("txnAppId", app_id).option("txnVersion", txn_version).save(path))
+    return own_commit(spark, path, after)
+
+
+def _own_marker(spark: SparkSession, kind: str):
+    """The caller's commit metadata if it set any; else a marker of this one write's own, which tells
+    its commit apart (``own_commit``)."""
+    return nullcontext() if spark.conf.get(USER_METADATA, None) else commit_metadata(spark, {kind: uuid4().hex})
 
 
 def merge_by_key(
@@ -304,8 +313,7 @@ def merge_by_key(
     condition = F.expr(" AND ".join(f"t.`{c}` <=> s.`{c}`" for c in [*prune_on, *key]))
     if target_filter is not None:
         condition = target_filter & condition
-    # Without the caller's commit metadata, a marker of this one MERGE's own tells its commit apart.
-    marked = nullcontext() if spark.conf.get(USER_METADATA, None) else commit_metadata(spark, {"merge": uuid4().hex})
+    marked = _own_marker(spark, "merge")
     copied = session_conf(spark, {MATERIALIZE_SOURCE: "none"}) if stable_source else nullcontext()
     with marked, copied:
         before = latest_version(spark, path)
