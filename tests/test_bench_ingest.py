@@ -45,4 +45,5 @@ def test_the_nightly_benchmark_merges_the_same_batch_into_each_table_and_an_empt
     assert json.loads(capsys.readouterr().out.splitlines()[0])["table_rows"] == 600
     assert result["empty_ratio"] == pytest.approx(result["batch_copy_s"] / result["batch_into_empty_s"], abs=1e-3)
     assert result["empty_floor_ratio"] == pytest.approx(result["batch_copy_s"] / result["batch_floor_s"], abs=1e-3)
-    assert not (tmp_path / "floor-batch").exists()
+    assert result["empty_bound_ratio"] == pytest.approx(result["batch_copy_s"] / result["batch_bound_s"], abs=1e-3)
+    assert not (tmp_path / "floor-batch").exists() and not (tmp_path / "bound-batch").exists()
