@@ -78,7 +78,7 @@ from shardlake.stages import ingest_rows  # noqa: E402
 from shardlake.stages.ingest import run_ingest  # noqa: E402
 from shardlake.stages.ingest_report import IngestReport  # noqa: E402
 from shardlake.transforms import clean  # noqa: E402
-from shardlake.transforms.parse import MALFORMED, PARSE_ERRORS, spark_type  # noqa: E402
+from shardlake.transforms.parse import MALFORMED, PARSE_ERRORS, error_list, spark_type  # noqa: E402
 
 
 @dataclass
@@ -193,12 +193,10 @@ def one_pass_bound(spark, config, folder: Path, out: Path, lake_root: Path) -> N
     """
     spec = config.dataset
     corrupt = "_corrupt"
-    no_errors = F.array().cast("array<string>")
     with ExitStack() as stack:
         joins = ingest_rows.read_joins(spark, spec, Lake.at(lake_root), REPO, IngestReport("bound", spec.name), stack)
         parsed = native_read(spark, config, folder, corrupt).select(
-            *[c.name for c in spec.columns],
-            F.when(F.col(corrupt).isNotNull(), F.array(F.lit(MALFORMED))).otherwise(no_errors).alias(PARSE_ERRORS))
+            *[c.name for c in spec.columns], error_list({MALFORMED: F.col(corrupt).isNotNull()}).alias(PARSE_ERRORS))
         marked = clean.mark_duplicates(ingest_rows.flag_records(parsed, spec, joins), spec.key, spec.order_by,
                                        spec.on_key_conflict)
         (marked.where(F.col(clean.FATE) == F.lit(clean.CLEAN)).select(*ingest_rows.clean_schema(marked))
@@ -231,7 +229,8 @@ def measure(spark, rows: int, work: Path, seed: int, overrides: list[str]) -> Re
         rows=report.rows_read, copy_s=round(copy_s, 1), floor_s=round(floor_s, 1), bound_s=round(bound_s, 1),
         ingest_s=round(ingest_s, 1),
         copy_rows_per_s=round(rows / copy_s), ingest_rows_per_s=round(report.rows_read / ingest_s),
-        ratio=round(copy_s / ingest_s, 3), floor_ratio=round(copy_s / floor_s, 3), bound_ratio=round(copy_s / bound_s, 3),
+        ratio=round(copy_s / ingest_s, 3), floor_ratio=round(copy_s / floor_s, 3),
+        bound_ratio=round(copy_s / bound_s, 3),
         ingest_heap_peak_mib=mib(ingest_mem.heap_peak), ingest_heap_sampled_mib=mib(ingest_mem.sampled),
         ingest_jvm_rss_peak_mib=mib(ingest_mem.rss_peak), copy_heap_peak_mib=mib(copy_mem.heap_peak),
         copy_jvm_rss_peak_mib=mib(copy_mem.rss_peak), clean_rows=report.clean_rows,
